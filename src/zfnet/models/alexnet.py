@@ -1,0 +1,37 @@
+"""AlexNet (Krizhevsky et al. 2012) as one dense tower: the paper's "replication" baseline.
+
+conv1 96 filters 11x11 stride 4 (pad 2) -> 55x55, pool -> 27x27, normalisation; conv2 256 filters
+5x5 stride 1 pad 2 -> 27x27, pool -> 13x13, normalisation; conv3-5 384/384/256 at 13x13; pool ->
+6x6x256; fc6, fc7 4096; fc8. Zeiler & Fergus's visualisations of its layer 1 show aliasing and
+dead filters, which ZFNet's 7x7 stride-2 conv1 removes (their §4.1, Fig. 6).
+"""
+
+from __future__ import annotations
+
+from ._registry import register
+from .convnet import ConvNet, ConvNetConfig
+
+__all__ = ["ALEXNET", "alexnet", "alexnet_cpu", "alexnet_tiny"]
+
+ALEXNET = ConvNetConfig(conv1=(96, 11, 4, 2), conv2=(256, 5, 1, 2))
+# The CPU variants match zfnet-cpu / zfnet-tiny in width, with AlexNet's conv1 and conv2:
+# 112 px gives 27 -> 13 -> 13 -> 6 -> 3 maps; 64 px gives 15 -> 7 -> 7 -> 3 -> 1.
+ALEXNET_CPU = ConvNetConfig(input_size=112, conv1=(32, 11, 4, 2), conv2=(64, 5, 1, 2),
+                            conv345=(96, 96, 64), fc=(512, 512))
+ALEXNET_TINY = ConvNetConfig(input_size=64, conv1=(16, 11, 4, 2), conv2=(32, 5, 1, 2),
+                             conv345=(48, 48, 32), fc=(128, 128))
+
+
+@register("alexnet", input_size=224, description="AlexNet, one tower: conv1 11x11 stride 4 (62.4M parameters)")
+def alexnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ALEXNET.with_overrides(num_classes=num_classes, **overrides), name="alexnet")
+
+
+@register("alexnet-cpu", input_size=112, description="AlexNet's structure at 112 px and 1/3 width, for CPUs")
+def alexnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ALEXNET_CPU.with_overrides(num_classes=num_classes, **overrides), name="alexnet-cpu")
+
+
+@register("alexnet-tiny", input_size=64, description="AlexNet's structure at 64 px and 1/6 width, for tests")
+def alexnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ALEXNET_TINY.with_overrides(num_classes=num_classes, **overrides), name="alexnet-tiny")

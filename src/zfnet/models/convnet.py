@@ -1,0 +1,195 @@
+"""The five-conv, three-FC network family shared by ZFNet and AlexNet.
+
+One configurable class builds ZFNet (Zeiler & Fergus 2014, Fig. 3), the single-tower AlexNet
+baseline, the paper's Table 3 ablations (layers removed, widths changed) and small CPU-sized
+variants of the same structure. The network is an ``nn.Sequential`` whose children carry the
+paper's names, so ``model.get_submodule("conv5")`` is the rectified conv5 output and forward
+hooks, the deconvnet and the analyses see every stage:
+
+    conv1 (conv, relu) pool1 norm1 conv2 (conv, relu) pool2 norm2
+    conv3 conv4 conv5 (conv, relu each) pool5 flatten
+    fc6 (linear, relu) drop6 fc7 (linear, relu) drop7 fc8
+
+Pools are 3x3 stride 2 with ceil rounding, which gives the paper's map sizes
+(ZFNet at 224 px: 110 -> 55 -> 26 -> 13 -> 6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+
+from torch import nn
+
+from .layers import ContrastNorm, init_paper_
+
+__all__ = ["ConvNetConfig", "ConvNet", "REMOVABLE_LAYERS", "LAYER_NAMES"]
+
+REMOVABLE_LAYERS = ("conv3", "conv4", "fc6", "fc7")
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    """Hyperparameters of a ZFNet-family network.
+
+    Attributes:
+        num_classes: width of fc8 (the softmax).
+        input_size: side of the square input crop in pixels.
+        in_channels: input channels.
+        conv1: (filters, kernel, stride, padding) of conv1.
+        conv2: (filters, kernel, stride, padding) of conv2.
+        conv345: filters of conv3, conv4, conv5 (3x3, stride 1, padding 1).
+        fc: widths of fc6 and fc7.
+        removed: layers left out, any of ``conv3, conv4, fc6, fc7`` (the paper's Table 3).
+        dropout: dropout probability after fc6 and fc7.
+        lrn: (size, alpha, beta, k) of the contrast normalisation.
+        init_std: standard deviation of the initial weights.
+    """
+
+    num_classes: int = 1000
+    input_size: int = 224
+    in_channels: int = 3
+    conv1: tuple[int, int, int, int] = (96, 7, 2, 1)
+    conv2: tuple[int, int, int, int] = (256, 5, 2, 0)
+    conv345: tuple[int, int, int] = (384, 384, 256)
+    fc: tuple[int, int] = (4096, 4096)
+    removed: tuple[str, ...] = ()
+    dropout: float = 0.5
+    lrn: tuple[int, float, float, float] = (5, 1e-4, 0.75, 2.0)
+    init_std: float = 1e-2
+
+    def __post_init__(self) -> None:
+        # Normalise sequences (from JSON or the CLI) to tuples so configs compare and hash.
+        for f in ("conv1", "conv2", "conv345", "fc", "lrn"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        bad = [r for r in self.removed if r not in REMOVABLE_LAYERS]
+        if bad:
+            raise ValueError(f"cannot remove {bad}: removable layers are {', '.join(REMOVABLE_LAYERS)}")
+        object.__setattr__(self, "removed", tuple(n for n in REMOVABLE_LAYERS if n in self.removed))
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
+        if len(self.conv1) != 4 or len(self.conv2) != 4:
+            raise ValueError("conv1 and conv2 are (filters, kernel, stride, padding)")
+        if len(self.conv345) != 3 or len(self.fc) != 2:
+            raise ValueError("conv345 takes 3 widths and fc takes 2")
+        widths = [self.conv1[0], self.conv2[0], *self.conv345, *self.fc, self.in_channels]
+        if any(int(w) < 1 for w in widths):
+            raise ValueError(f"every width must be at least 1, got {widths}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.map_sizes()  # raises if the input is too small for the structure
+
+    def map_sizes(self) -> dict[str, int]:
+        """Side of each stage's output maps, e.g. ZFNet: conv1 110, pool1 55, ..., pool5 6.
+
+        Raises:
+            ValueError: if a stage would produce maps smaller than 1x1.
+        """
+        sizes: dict[str, int] = {}
+        s = self.input_size
+
+        def step(name: str, kernel: int, stride: int, padding: int, ceil: bool = False) -> None:
+            nonlocal s
+            span = s + 2 * padding - kernel
+            out = (math.ceil(span / stride) if ceil else span // stride) + 1
+            if ceil and (out - 1) * stride >= s + padding:  # PyTorch drops a window starting off the map
+                out -= 1
+            if span < 0 or out < 1:
+                raise ValueError(
+                    f"input size {self.input_size} px is too small: {name} would have no output "
+                    f"({s}x{s} maps into a {kernel}x{kernel} window)"
+                )
+            s = out
+            sizes[name] = s
+
+        step("conv1", *self.conv1[1:])
+        step("pool1", 3, 2, 0, ceil=True)
+        step("conv2", *self.conv2[1:])
+        step("pool2", 3, 2, 0, ceil=True)
+        for name in ("conv3", "conv4", "conv5"):
+            if name not in self.removed:
+                step(name, 3, 1, 1)
+        step("pool5", 3, 2, 0, ceil=True)
+        return sizes
+
+    def with_overrides(self, **overrides) -> ConvNetConfig:
+        """A copy with some fields changed; unknown names raise ``ValueError`` listing valid ones."""
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
+        return replace(self, **overrides)
+
+
+def _conv_block(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding),
+        relu=nn.ReLU(),
+    ))
+
+
+def _fc_block(in_features: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(linear=nn.Linear(in_features, out_features), relu=nn.ReLU()))
+
+
+class ConvNet(nn.Sequential):
+    """ZFNet-family network built from a :class:`ConvNetConfig`.
+
+    Args:
+        config: the hyperparameters.
+        name: the registry name it was built under (kept for checkpoints and reports).
+
+    Shape:
+        (B, in_channels, input_size, input_size) -> (B, num_classes) logits.
+
+    Example:
+        >>> import torch
+        >>> net = ConvNet(ConvNetConfig(num_classes=10, input_size=64, conv1=(8, 7, 2, 1),
+        ...                             conv2=(16, 5, 2, 0), conv345=(16, 16, 16), fc=(32, 32)))
+        >>> net(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, config: ConvNetConfig, name: str = "convnet") -> None:
+        c = config
+        lrn = c.lrn
+        sizes = c.map_sizes()
+        stages: OrderedDict[str, nn.Module] = OrderedDict()
+        stages["conv1"] = _conv_block(c.in_channels, *c.conv1)          # (B, 96, 110, 110) for ZFNet
+        stages["pool1"] = nn.MaxPool2d(3, stride=2, ceil_mode=True)     # (B, 96, 55, 55)
+        stages["norm1"] = ContrastNorm(int(lrn[0]), lrn[1], lrn[2], lrn[3])
+        stages["conv2"] = _conv_block(c.conv1[0], *c.conv2)             # (B, 256, 26, 26)
+        stages["pool2"] = nn.MaxPool2d(3, stride=2, ceil_mode=True)     # (B, 256, 13, 13)
+        stages["norm2"] = ContrastNorm(int(lrn[0]), lrn[1], lrn[2], lrn[3])
+        channels = c.conv2[0]
+        for name, width in zip(("conv3", "conv4", "conv5"), c.conv345):
+            if name in c.removed:
+                continue
+            stages[name] = _conv_block(channels, width, 3, 1, 1)      # (B, width, 13, 13)
+            channels = width
+        stages["pool5"] = nn.MaxPool2d(3, stride=2, ceil_mode=True)     # (B, 256, 6, 6)
+        stages["flatten"] = nn.Flatten()                               # (B, 9216)
+        features = channels * sizes["pool5"] ** 2
+        for i, (name, width) in enumerate(zip(("fc6", "fc7"), c.fc)):
+            if name in c.removed:
+                continue
+            stages[name] = _fc_block(features, width)                  # (B, 4096)
+            stages[f"drop{6 + i}"] = nn.Dropout(c.dropout)
+            features = width
+        stages["fc8"] = nn.Linear(features, c.num_classes)             # (B, num_classes)
+        super().__init__(stages)
+        self.config = config
+        self.name = name
+        init_paper_(self, std=c.init_std)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square input crop in pixels."""
+        return self.config.input_size
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The paper's layer names present in this network, in order (``conv1`` ... ``fc8``)."""
+        return [n for n in LAYER_NAMES if n in self._modules]

@@ -1,0 +1,47 @@
+"""ZFNet, Zeiler & Fergus (ECCV 2014) Fig. 3, and its variants.
+
+Fig. 3 fixes: a 224x224x3 crop; conv1 96 filters 7x7 stride 2 -> 110x110, ReLU, 3x3 stride-2
+max-pool -> 55x55, contrast normalisation; conv2 256 filters 5x5 stride 2 -> 26x26, pool -> 13x13,
+normalisation; conv3 384, conv4 384, conv5 256 filters 3x3 (13x13); pool -> 6x6x256 = 9216;
+fc6 4096, fc7 4096 with dropout 0.5; fc8 C-way softmax: 62,357,608 parameters at C = 1000.
+The paper gives no paddings: conv1 pad 1, conv2 pad 0, conv3-5 pad 1 and ceil-rounded pools
+reproduce its sizes. ``zfnet-b`` is Table 2's (b): conv3, conv4, conv5 with 512, 1024, 512 maps.
+"""
+
+from __future__ import annotations
+
+from ._registry import register
+from .convnet import ConvNet, ConvNetConfig
+
+__all__ = ["ZFNET", "zfnet", "zfnet_b", "zfnet_cpu", "zfnet_tiny"]
+
+ZFNET = ConvNetConfig()
+
+# CPU-sized variants: the same structure with a smaller crop and narrower layers, for the demo,
+# the tests and the miniature experiments. 112 px gives 54 -> 27 -> 12 -> 6 -> 3 maps;
+# 64 px gives 30 -> 15 -> 6 -> 3 -> 1.
+ZFNET_CPU = ConvNetConfig(input_size=112, conv1=(32, 7, 2, 1), conv2=(64, 5, 2, 0),
+                          conv345=(96, 96, 64), fc=(512, 512))
+ZFNET_TINY = ConvNetConfig(input_size=64, conv1=(16, 7, 2, 1), conv2=(32, 5, 2, 0),
+                           conv345=(48, 48, 32), fc=(128, 128))
+
+
+@register("zfnet", input_size=224, description="ZFNet, the paper's Fig. 3 (62.4M parameters at 1000 classes)")
+def zfnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ZFNET.with_overrides(num_classes=num_classes, **overrides), name="zfnet")
+
+
+@register("zfnet-b", input_size=224, description="ZFNet with conv3-5 at 512/1024/512 maps (Table 2, b)")
+def zfnet_b(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    overrides.setdefault("conv345", (512, 1024, 512))
+    return ConvNet(ZFNET.with_overrides(num_classes=num_classes, **overrides), name="zfnet-b")
+
+
+@register("zfnet-cpu", input_size=112, description="ZFNet's structure at 112 px and 1/3 width, for CPUs")
+def zfnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ZFNET_CPU.with_overrides(num_classes=num_classes, **overrides), name="zfnet-cpu")
+
+
+@register("zfnet-tiny", input_size=64, description="ZFNet's structure at 64 px and 1/6 width, for tests")
+def zfnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(ZFNET_TINY.with_overrides(num_classes=num_classes, **overrides), name="zfnet-tiny")
