@@ -9,12 +9,13 @@ dead filters, which ZFNet's 7x7 stride-2 conv1 removes (their §4.1, Fig. 6).
 from __future__ import annotations
 
 from ._registry import register
-from .convnet import ConvNet, ConvNetConfig
+from .convnet import ConvNet, ConvNetConfig, scaled_variant
 
 __all__ = ["ALEXNET", "alexnet", "alexnet_cpu", "alexnet_tiny"]
 
 ALEXNET = ConvNetConfig(conv1=(96, 11, 4, 2), conv2=(256, 5, 1, 2))
-# The CPU variants match zfnet-cpu / zfnet-tiny in width, with AlexNet's conv1 and conv2:
+# The CPU variants match zfnet-cpu / zfnet-tiny in width (and their initialisation rule), with
+# AlexNet's conv1 and conv2:
 # 112 px gives 27 -> 13 -> 13 -> 6 -> 3 maps; 64 px gives 15 -> 7 -> 7 -> 3 -> 1.
 ALEXNET_CPU = ConvNetConfig(input_size=112, conv1=(32, 11, 4, 2), conv2=(64, 5, 1, 2),
                             conv345=(96, 96, 64), fc=(512, 512))
@@ -29,9 +30,10 @@ def alexnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
 
 @register("alexnet-cpu", input_size=112, description="AlexNet's structure at 112 px and 1/3 width, for CPUs")
 def alexnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ALEXNET_CPU.with_overrides(num_classes=num_classes, **overrides), name="alexnet-cpu")
+    return ConvNet(scaled_variant(ALEXNET_CPU, ALEXNET, num_classes=num_classes, **overrides), name="alexnet-cpu")
 
 
 @register("alexnet-tiny", input_size=64, description="AlexNet's structure at 64 px and 1/6 width, for tests")
 def alexnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ALEXNET_TINY.with_overrides(num_classes=num_classes, **overrides), name="alexnet-tiny")
+    return ConvNet(scaled_variant(ALEXNET_TINY, ALEXNET, num_classes=num_classes, **overrides),
+                   name="alexnet-tiny")

@@ -24,7 +24,8 @@ from torch import nn
 
 from .layers import ContrastNorm, init_paper_
 
-__all__ = ["ConvNetConfig", "ConvNet", "REMOVABLE_LAYERS", "LAYER_NAMES"]
+__all__ = ["ConvNetConfig", "ConvNet", "REMOVABLE_LAYERS", "LAYER_NAMES", "matched_init_std",
+           "scaled_variant"]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "fc6", "fc7")
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -45,7 +46,8 @@ class ConvNetConfig:
         removed: layers left out, any of ``conv3, conv4, fc6, fc7`` (the paper's Table 3).
         dropout: dropout probability after fc6 and fc7.
         lrn: (size, alpha, beta, k) of the contrast normalisation.
-        init_std: standard deviation of the initial weights.
+        init_std: standard deviation of the initial weights: one value for every layer (the
+            paper's 1e-2), or one per layer present, conv1 ... fc8 in order.
     """
 
     num_classes: int = 1000
@@ -58,7 +60,7 @@ class ConvNetConfig:
     removed: tuple[str, ...] = ()
     dropout: float = 0.5
     lrn: tuple[int, float, float, float] = (5, 1e-4, 0.75, 2.0)
-    init_std: float = 1e-2
+    init_std: float | tuple[float, ...] = 1e-2
 
     def __post_init__(self) -> None:
         # Normalise sequences (from JSON or the CLI) to tuples so configs compare and hash.
@@ -79,7 +81,34 @@ class ConvNetConfig:
             raise ValueError(f"every width must be at least 1, got {widths}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.init_std, (list, tuple)):
+            object.__setattr__(self, "init_std", tuple(float(v) for v in self.init_std))
+            if len(self.init_std) != len(self.layers()):
+                raise ValueError(f"init_std needs one value per layer ({', '.join(self.layers())}), "
+                                 f"got {len(self.init_std)}")
         self.map_sizes()  # raises if the input is too small for the structure
+
+    def layers(self) -> list[str]:
+        """The paper's layer names present in this configuration, conv1 ... fc8."""
+        return [n for n in LAYER_NAMES if n not in self.removed]
+
+    def fan_ins(self) -> dict[str, int]:
+        """Inputs per unit of each layer present (in_channels x kernel area; in_features for FC)."""
+        out: dict[str, int] = {"conv1": self.in_channels * self.conv1[1] ** 2}
+        channels = self.conv1[0]
+        out["conv2"] = channels * self.conv2[1] ** 2
+        channels = self.conv2[0]
+        for name, width in zip(("conv3", "conv4", "conv5"), self.conv345):
+            if name not in self.removed:
+                out[name] = channels * 9
+                channels = width
+        features = channels * self.map_sizes()["pool5"] ** 2
+        for name, width in zip(("fc6", "fc7"), self.fc):
+            if name not in self.removed:
+                out[name] = features
+                features = width
+        out["fc8"] = features
+        return out
 
     def map_sizes(self) -> dict[str, int]:
         """Side of each stage's output maps, e.g. ZFNet: conv1 110, pool1 55, ..., pool5 6.
@@ -121,6 +150,30 @@ class ConvNetConfig:
         if unknown:
             raise ValueError(f"unknown model option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
         return replace(self, **overrides)
+
+
+def matched_init_std(config: ConvNetConfig, reference: ConvNetConfig, std: float = 1e-2) -> ConvNetConfig:
+    """``config`` with per-layer init std giving each layer the signal gain it has in ``reference``.
+
+    A layer's output scale at initialisation is about ``std * sqrt(fan_in)`` times its input's,
+    so ``std_l = std * sqrt(fan_in_reference_l / fan_in_l)`` keeps the full-size network's gains
+    in a narrower copy of it (the paper's N(0, 1e-2) where the fan-ins agree, as for conv1).
+    """
+    ref, own = reference.fan_ins(), config.fan_ins()
+    stds = tuple(std * math.sqrt(ref.get(n, own[n]) / own[n]) for n in config.layers())
+    return replace(config, init_std=stds)
+
+
+def scaled_variant(base: ConvNetConfig, reference: ConvNetConfig, **overrides) -> ConvNetConfig:
+    """A narrow variant ``base`` with ``overrides``, initialised with the gains of ``reference``.
+
+    The reference gets the same removed layers, so each layer is matched with its counterpart.
+    An explicit ``init_std`` override wins.
+    """
+    config = base.with_overrides(**overrides)
+    if "init_std" in overrides:
+        return config
+    return matched_init_std(config, replace(reference, removed=config.removed))
 
 
 def _conv_block(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
@@ -182,7 +235,11 @@ class ConvNet(nn.Sequential):
         super().__init__(stages)
         self.config = config
         self.name = name
-        init_paper_(self, std=c.init_std)
+        if isinstance(c.init_std, tuple):
+            for layer, std in zip(c.layers(), c.init_std):
+                init_paper_(self.get_submodule(layer), std=std)
+        else:
+            init_paper_(self, std=c.init_std)
 
     @property
     def input_size(self) -> int:

@@ -11,7 +11,7 @@ reproduce its sizes. ``zfnet-b`` is Table 2's (b): conv3, conv4, conv5 with 512,
 from __future__ import annotations
 
 from ._registry import register
-from .convnet import ConvNet, ConvNetConfig
+from .convnet import ConvNet, ConvNetConfig, scaled_variant
 
 __all__ = ["ZFNET", "zfnet", "zfnet_b", "zfnet_cpu", "zfnet_tiny"]
 
@@ -20,6 +20,9 @@ ZFNET = ConvNetConfig()
 # CPU-sized variants: the same structure with a smaller crop and narrower layers, for the demo,
 # the tests and the miniature experiments. 112 px gives 54 -> 27 -> 12 -> 6 -> 3 maps;
 # 64 px gives 30 -> 15 -> 6 -> 3 -> 1.
+# Narrower layers have fewer inputs per unit, so N(0, 1e-2) would shrink the signal ~10x per layer
+# and SGD would not leave the start; their weights are drawn with the per-layer standard deviation
+# that gives each layer the same signal gain as in the full-size ZFNet (see matched_init_std).
 ZFNET_CPU = ConvNetConfig(input_size=112, conv1=(32, 7, 2, 1), conv2=(64, 5, 2, 0),
                           conv345=(96, 96, 64), fc=(512, 512))
 ZFNET_TINY = ConvNetConfig(input_size=64, conv1=(16, 7, 2, 1), conv2=(32, 5, 2, 0),
@@ -39,9 +42,9 @@ def zfnet_b(*, num_classes: int = 1000, **overrides) -> ConvNet:
 
 @register("zfnet-cpu", input_size=112, description="ZFNet's structure at 112 px and 1/3 width, for CPUs")
 def zfnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ZFNET_CPU.with_overrides(num_classes=num_classes, **overrides), name="zfnet-cpu")
+    return ConvNet(scaled_variant(ZFNET_CPU, ZFNET, num_classes=num_classes, **overrides), name="zfnet-cpu")
 
 
 @register("zfnet-tiny", input_size=64, description="ZFNet's structure at 64 px and 1/6 width, for tests")
 def zfnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ZFNET_TINY.with_overrides(num_classes=num_classes, **overrides), name="zfnet-tiny")
+    return ConvNet(scaled_variant(ZFNET_TINY, ZFNET, num_classes=num_classes, **overrides), name="zfnet-tiny")

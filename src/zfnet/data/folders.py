@@ -1,0 +1,271 @@
+"""Image data sets on disk: image-folder trees and the ImageNet 2012 layout.
+
+- ``folders``: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (what ``zfnet data synth`` writes).
+- ``imagenet``: ``ROOT/train/<wnid>/*.JPEG``; ``ROOT/val/`` either in class folders, or flat with a
+  labels file: lines ``<file name> <wnid>`` (``ROOT/val_labels.txt`` by default) or Kaggle's
+  ``LOC_val_solution.csv`` (``ImageId,PredictionString``). ``LOC_synset_mapping.txt``, if present,
+  gives the classes' readable names.
+
+Files are read lazily. A file that cannot be read (empty, truncated, not an image) never stops a run:
+it is skipped with a warning naming it, and counted (:attr:`ImageFolder.bad_files`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .transforms import load_image
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageFolder", "Batch", "collate", "open_dataset", "LAYOUTS", "find_classes",
+]
+
+log = logging.getLogger("zfnet")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+LAYOUTS = ("auto", "folders", "imagenet")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    """Sorted names of the class folders in ``split_dir``."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+
+
+@dataclass
+class Batch:
+    """A collated batch: uint8 images (B, 3, S, S), int64 labels (B,), and indices into the data set.
+
+    ``bad`` lists ``(path, reason)`` of the files of this batch that could not be read (they are not
+    in ``images``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ImageFolder(Dataset):
+    """A list of (image file, label) with the paper's preprocessing to ``size`` x ``size`` uint8.
+
+    Args:
+        samples: (path, label) pairs.
+        classes: class names; ``labels`` index into it.
+        size: base size the images are resized and centre-cropped to.
+        root: folder the paths are shown relative to in messages.
+
+    ``dataset[i]`` is ``(image (3, size, size) uint8 or None, label, index, reason)``; ``image`` is
+    ``None`` and ``reason`` says why when the file cannot be read. Use :func:`collate` in a DataLoader.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], size: int,
+                 root: Path | None = None, class_names: Sequence[str] | None = None) -> None:
+        self.samples = [(Path(p), int(y)) for p, y in samples]
+        self.classes = list(classes)
+        self.class_names = list(class_names) if class_names is not None else list(classes)
+        self.size = int(size)
+        self.root = root
+        self.bad_files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def display_path(self, path: Path) -> str:
+        if self.root is not None:
+            try:
+                return str(path.relative_to(self.root))
+            except ValueError:
+                pass
+        return str(path)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            return load_image(path, self.size), label, index, ""
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            reason = str(err) or type(err).__name__
+            if path.exists() and path.stat().st_size == 0:
+                reason = "empty file"
+            return None, label, index, f"{self.display_path(path)}: {reason}"
+
+    def note_bad(self, bad: Sequence[tuple[str, str]]) -> None:
+        """Record and warn, once per file, about files that could not be read."""
+        for path, reason in bad:
+            if path not in self.bad_files:
+                self.bad_files[path] = reason
+                log.warning("skipped unreadable image %s (%s)", path, reason)
+
+    def with_size(self, size: int) -> ImageFolder:
+        """The same samples preprocessed to another base size."""
+        return ImageFolder(self.samples, self.classes, size, self.root, self.class_names)
+
+
+def collate(items) -> Batch:
+    """Collate ``ImageFolder`` items, leaving out the unreadable ones (listed in ``Batch.bad``)."""
+    good = [it for it in items if it[0] is not None]
+    bad = []
+    for image, _, _, reason in items:
+        if image is None:
+            path, _, why = reason.partition(": ")
+            bad.append((path, why))
+    if good:
+        images = torch.stack([it[0] for it in good])
+    else:
+        images = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    labels = torch.tensor([it[1] for it in good], dtype=torch.long)
+    indices = torch.tensor([it[2] for it in good], dtype=torch.long)
+    return Batch(images, labels, indices, bad)
+
+
+def _scan_class_folders(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[tuple[Path, int]] = []
+    present = find_classes(split_dir)
+    extra = [c for c in present if c not in index]
+    if extra:
+        raise DataError(f"{split_dir} has class folders that the training set lacks: {', '.join(extra[:5])}")
+    for name in classes:
+        folder = split_dir / name
+        if not folder.is_dir():
+            log.warning("class %r has no folder in %s", name, split_dir)
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p))
+        images = [p for p in files if _is_image(p)]
+        for p in files:
+            if not _is_image(p):
+                log.warning("ignored %s: not an image file extension", p.relative_to(split_dir.parent))
+        if not images:
+            log.warning("class folder %s is empty", folder.relative_to(split_dir.parent))
+        samples.extend((p, index[name]) for p in images)
+    return samples
+
+
+def _imagenet_val_labels(root: Path, labels_file: Path | None) -> dict[str, str]:
+    candidates = [labels_file] if labels_file else [root / "val_labels.txt", root / "LOC_val_solution.csv"]
+    for path in candidates:
+        if path is None or not path.is_file():
+            continue
+        mapping: dict[str, str] = {}
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        mapping[row["ImageId"]] = row["PredictionString"].split()[0]
+                    except (KeyError, IndexError) as err:
+                        raise DataError(f"{path}: expected columns ImageId,PredictionString") from err
+        else:
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) < 2:
+                    raise DataError(f"{path}:{n}: expected '<file name> <wnid>', got {line!r}")
+                mapping[Path(parts[0]).stem] = parts[1]
+        return mapping
+    if labels_file:
+        raise DataError(f"labels file {labels_file} does not exist")
+    raise DataError(f"{root / 'val'} holds images but no class folders, and no labels file was found "
+                    f"(looked for val_labels.txt and LOC_val_solution.csv in {root})")
+
+
+def _detect_layout(root: Path) -> str:
+    train = root / "train"
+    if train.is_dir():
+        classes = find_classes(train)
+        if classes and all(c.startswith("n") and c[1:].isdigit() and len(c) == 9 for c in classes):
+            return "imagenet"
+    return "folders"
+
+
+def open_dataset(root: str | Path, split: str, size: int, *, layout: str = "auto",
+                 classes: Sequence[str] | None = None, labels_file: str | Path | None = None) -> ImageFolder:
+    """Open one split of a data set on disk.
+
+    Args:
+        root: the data set's folder (holding ``train/`` and ``val/``).
+        split: ``"train"`` or ``"val"`` (any folder name under ``root``).
+        size: base size images are resized and centre-cropped to.
+        layout: ``"folders"``, ``"imagenet"`` or ``"auto"`` (ImageNet when the train folders are wnids).
+        classes: the class list to index labels by (the training set's, when opening ``val``);
+            defaults to the class folders of ``split``, or of ``train`` for a flat ImageNet ``val``.
+        labels_file: for a flat ImageNet ``val/``, the labels file (default: looked up in ``root``).
+
+    Returns:
+        An :class:`ImageFolder`.
+
+    Raises:
+        DataError: missing folders, no images, an unknown layout or a bad labels file.
+
+    Example:
+        >>> ds = open_dataset("data/synth", "train", size=128)  # doctest: +SKIP
+        >>> image, label, index, problem = ds[0]
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        have = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "nothing"
+        raise DataError(f"{root} has no {split!r} folder (it holds: {have})")
+    if layout == "auto":
+        layout = _detect_layout(root)
+
+    if classes is None:
+        classes = find_classes(split_dir)
+        if not classes and layout == "imagenet" and (root / "train").is_dir():
+            classes = find_classes(root / "train")
+    classes = list(classes)
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders")
+
+    if layout == "imagenet" and not find_classes(split_dir):
+        mapping = _imagenet_val_labels(root, Path(labels_file) if labels_file else None)
+        index = {c: i for i, c in enumerate(classes)}
+        samples = []
+        for p in sorted(split_dir.iterdir()):
+            if not (p.is_file() and _is_image(p)):
+                continue
+            wnid = mapping.get(p.stem)
+            if wnid is None:
+                log.warning("no label for %s in the labels file; skipped", p.name)
+                continue
+            if wnid not in index:
+                raise DataError(f"{p.name} is labelled {wnid!r}, which is not a training class")
+            samples.append((p, index[wnid]))
+    else:
+        samples = _scan_class_folders(split_dir, classes)
+    if not samples:
+        raise DataError(f"no images found in {split_dir}")
+
+    names = None
+    mapping_file = root / "LOC_synset_mapping.txt"
+    if layout == "imagenet" and mapping_file.is_file():
+        readable = {}
+        for line in mapping_file.read_text().splitlines():
+            wnid, _, name = line.partition(" ")
+            readable[wnid] = name.split(",")[0].strip() or wnid
+        names = [readable.get(c, c) for c in classes]
+    return ImageFolder(samples, classes, size, root=root, class_names=names)

@@ -1,0 +1,169 @@
+"""Evaluation: top-1 / top-5 error on the centre crop or the paper's ten crops, and ensembles.
+
+The ten-crop prediction averages the softmax outputs of the ten crops; an ensemble averages the
+(ten-crop or centre-crop) softmax outputs of several models, as the paper's Table 2 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.folders import open_dataset
+from ..data.loader import ImageStream
+from ..data.transforms import center_crop, ten_crops
+from ..errors import ZFNetError
+from ..progress import progress
+from .checkpoint import load_run
+
+__all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "evaluate_runs"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_size: int,
+            ten_crop: bool = False, batch_size: int = 64, indices=None, channels_last: bool = False,
+            show_progress: bool = True, desc: str = "evaluating") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax outputs of ``model`` over (part of) a data set.
+
+    Args:
+        model: the network (its device is used).
+        stream: the images (uint8 at base size).
+        mean: the training mean image (3, S, S).
+        input_size: crop side.
+        ten_crop: average the softmax of the ten crops instead of using the centre crop.
+        batch_size: images per forward pass (ten crops make it 10x larger).
+        indices: which images (default: all), in this order.
+
+    Returns:
+        ``(probs (N, C) float32 on CPU, labels (N,), indices (N,))`` for the readable images.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mean = mean.to(device)
+    order = range(len(stream)) if indices is None else indices
+    probs, labels, kept = [], [], []
+    bar = progress(total=len(order), desc=desc, unit="img", enabled=show_progress)
+    try:
+        with bar:
+            for batch in stream.batches(order, batch_size):
+                x = batch.images.to(device, non_blocking=True).float().sub_(mean)
+                if ten_crop:
+                    crops = ten_crops(x, input_size)                      # (B, 10, 3, s, s)
+                    b = crops.shape[0]
+                    flat = crops.reshape(b * 10, *crops.shape[2:])
+                    if channels_last:
+                        flat = flat.contiguous(memory_format=torch.channels_last)
+                    p = model(flat).float().softmax(-1).reshape(b, 10, -1).mean(1)
+                else:
+                    crop = center_crop(x, input_size).contiguous(
+                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                    p = model(crop).float().softmax(-1)
+                probs.append(p.cpu())
+                labels.append(batch.labels)
+                kept.append(batch.indices)
+                bar.update(len(batch.indices) + len(batch.bad))
+    finally:
+        model.train(was_training)
+    if not probs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(labels), torch.cat(kept)
+
+
+def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Fraction of images whose label is not among the ``k`` most probable classes, for each k.
+
+    ``k`` larger than the number of classes counts as the number of classes.
+
+    Example:
+        >>> p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+        >>> topk_errors(p, torch.tensor([1, 2]), ks=(1, 2))
+        {1: 0.5, 2: 0.0}
+    """
+    if len(labels) == 0:
+        raise ValueError("no images to evaluate")
+    out = {}
+    for k in ks:
+        kk = min(k, probs.shape[1])
+        top = probs.topk(kk, dim=1).indices
+        hit = (top == labels[:, None]).any(dim=1)
+        out[k] = 1.0 - hit.float().mean().item()
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Errors of one model (or an ensemble) on a split."""
+
+    name: str
+    top1_error: float
+    top5_error: float
+    images: int
+
+
+@dataclass
+class EvalReport:
+    """Each model's errors and, with several models, their ensemble's."""
+
+    members: list[EvalResult]
+    ensemble: EvalResult | None
+    ten_crop: bool
+    bad_files: int
+
+
+def evaluate_runs(runs: list[str | Path], data: str | Path, *, split: str = "val", ten_crop: bool = False,
+                  weights: str = "best", layout: str = "auto", workers: int | None = None,
+                  batch_size: int = 64, device: str | torch.device = "cpu",
+                  show_progress: bool = True) -> EvalReport:
+    """Top-1 and top-5 error of each run, and of the average of their softmax outputs.
+
+    Runs may differ in architecture and input size (the paper's "(a) & (b) combined"); they must
+    share the class list.
+
+    Raises:
+        ZFNetError: unknown runs, mismatched class lists, no readable images.
+    """
+    if not runs:
+        raise ZFNetError("no run to evaluate")
+    device = torch.device(device)
+    loaded = [load_run(r, weights) for r in runs]
+    classes = loaded[0].classes
+    for run in loaded[1:]:
+        if run.classes != classes:
+            raise ZFNetError(f"{run.root} was trained on other classes than {loaded[0].root}; "
+                             "an ensemble needs the same class list")
+    members, all_probs = [], []
+    common: set[int] | None = None
+    per_run: list[dict[int, int]] = []
+    bad = 0
+    streams: dict[int, ImageStream] = {}
+    for run in loaded:
+        stream = streams.get(run.base_size)
+        if stream is None:
+            ds = open_dataset(data, split, run.base_size, layout=layout, classes=classes)
+            stream = ImageStream(ds, workers=workers, cache="none", show_progress=show_progress)
+            streams[run.base_size] = stream
+        model = run.model.to(device)
+        probs, labels, idx = predict(model, stream, run.mean, input_size=run.input_size, ten_crop=ten_crop,
+                                     batch_size=batch_size, show_progress=show_progress,
+                                     desc=f"evaluating {run.root.name}")
+        if len(labels) == 0:
+            raise ZFNetError(f"no readable images in {Path(data) / split}")
+        errs = topk_errors(probs, labels)
+        members.append(EvalResult(str(run.root), errs[1], errs[5], len(labels)))
+        all_probs.append((probs, labels, idx))
+        position = {int(i): n for n, i in enumerate(idx.tolist())}
+        per_run.append(position)
+        common = set(position) if common is None else common & set(position)
+        bad = max(bad, len(stream.bad_files))
+    ensemble = None
+    if len(loaded) > 1:
+        keep = sorted(common or ())
+        stacked = torch.stack([p[[pos[i] for i in keep]] for (p, _, _), pos in zip(all_probs, per_run)])
+        labels = all_probs[0][1][[per_run[0][i] for i in keep]]
+        errs = topk_errors(stacked.mean(0), labels)
+        ensemble = EvalResult(f"ensemble of {len(loaded)}", errs[1], errs[5], len(keep))
+    return EvalReport(members, ensemble, ten_crop, bad)

@@ -1,0 +1,275 @@
+"""The training loop: the paper's recipe, resumable exactly, on one or many processes.
+
+Each epoch's data order, crops, flips and dropout masks are drawn from generators seeded by
+``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch E repeats epoch E+1 exactly
+as an uninterrupted run would. State is written atomically at the end of every epoch: a ``kill -9``
+loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from .._io import atomic_write_json, atomic_write_text
+from ..data.folders import open_dataset
+from ..data.loader import ImageStream, mean_image
+from ..data.transforms import base_size, random_crops
+from ..errors import TrainingDiverged, ZFNetError
+from ..models import build, model_info, renormalize_filters_
+from ..progress import progress
+from . import distributed
+from .checkpoint import RunFiles, load_mean, load_state, save_mean, save_state, save_weights
+from .config import TrainConfig
+from .evaluate import predict, topk_errors
+
+__all__ = ["train", "TrainResult", "epoch_seed"]
+
+log = logging.getLogger("zfnet")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run: Path
+    epochs: int
+    best_epoch: int
+    best_val_top1_error: float
+    metrics: list[dict]
+    bad_files: int
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's randomness on one process (order, crops, flips, dropout)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def _input_size(config: TrainConfig) -> int:
+    return int(config.model_options.get("input_size", model_info(config.model).input_size))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Weight decay on weights only, as in Krizhevsky et al.'s and the usual Caffe set-ups.
+    decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_run_dir(files: RunFiles, resume: bool) -> dict | None:
+    """Refuse to overwrite a run; on resume return its last state (None: nothing finished yet)."""
+    if resume:
+        if files.last.is_file():
+            return load_state(files.last, required=("epoch", "model", "optimizer", "scheduler", "metrics"))
+        if not files.root.exists():
+            raise ZFNetError(f"nothing to resume: {files.root} does not exist")
+        log.info("no finished epoch in %s: starting from the beginning", files.root)
+        return None
+    if files.last.is_file() or files.metrics.is_file():
+        raise ZFNetError(f"{files.root} already holds a training run; pass --resume to continue it "
+                         "or choose another --out")
+    if files.root.is_dir() and any(p for p in files.root.iterdir() if p.name != "config.json"):
+        raise ZFNetError(f"{files.root} is not empty and is not a zfnet run; choose another --out")
+    return None
+
+
+def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train a model with the paper's recipe and write the run directory ``config.out``.
+
+    Args:
+        config: the resolved configuration.
+        resume: continue the run in ``config.out`` from its last finished epoch.
+        show_progress: progress bars (on a terminal).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ZFNetError: bad data, an existing run without ``resume``, an unknown model.
+        TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is kept).
+    """
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, ctx, resume, show_progress and ctx.is_main)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show: bool) -> TrainResult:
+    files = RunFiles(Path(config.out))
+    state = _check_run_dir(files, resume)
+    input_size = _input_size(config)
+    size = base_size(input_size)
+    train_ds = open_dataset(config.data, "train", size, layout=config.layout)
+    val_ds = open_dataset(config.data, "val", size, layout=config.layout, classes=train_ds.classes)
+    if ctx.is_main:
+        files.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(files.config, config.to_json())
+        atomic_write_json(files.classes, {"classes": train_ds.classes, "names": train_ds.class_names})
+    train_stream = ImageStream(train_ds, workers=config.workers, cache=config.cache, show_progress=show)
+    val_stream = ImageStream(val_ds, workers=config.workers, cache=config.cache, show_progress=show)
+
+    if state is not None and files.mean.is_file():
+        mean = load_mean(files.mean)
+    else:
+        if ctx.is_main:
+            save_mean(files.mean, mean_image(train_stream, show_progress=show))
+        ctx.barrier()
+        mean = load_mean(files.mean)
+    if mean.shape[-1] != size:
+        raise ZFNetError(f"{files.mean} is {mean.shape[-1]} px but the model needs {size} px")
+
+    torch.manual_seed(config.seed)
+    model = build(config.model, num_classes=len(train_ds.classes), **config.model_options)
+    model.to(ctx.device)
+    channels_last = config.channels_last if config.channels_last is not None else ctx.device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+        threshold=1e-4, threshold_mode="abs", min_lr=config.min_lr)
+    metrics: list[dict] = []
+    best = {"epoch": 0, "val_top1_error": math.inf}
+    start = 1
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ZFNetError(f"{files.last} does not match this configuration: {str(err).splitlines()[0]}") from None
+        saved_lr = state.get("config", {}).get("lr", config.lr)
+        if saved_lr != config.lr:
+            # The user asked for another learning rate on resume (the paper annealed by hand).
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr
+            log.info("learning rate set to %.3g on resume (the run's configuration had %.3g)", config.lr, saved_lr)
+        metrics = list(state["metrics"])
+        best = dict(state.get("best", best))
+        start = int(state["epoch"]) + 1
+        if ctx.is_main:
+            atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
+        log.info("resuming %s after epoch %d", files.root, start - 1)
+    net: nn.Module = DistributedDataParallel(model) if ctx.distributed else model
+    meta = {"model": config.model, "num_classes": len(train_ds.classes), "model_options": config.model_options}
+    mean_dev = mean.to(ctx.device)
+    per_rank_batch = max(1, math.ceil(config.batch_size / ctx.world_size))
+    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=False)
+    loss_fn = nn.CrossEntropyLoss()
+
+    for epoch in range(start, config.epochs + 1):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        seed = epoch_seed(config.seed, epoch, ctx.rank)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout masks
+        net.train()
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        indices = list(sampler)
+        bar = progress(total=len(indices), desc=f"epoch {epoch}/{config.epochs}", unit="img", enabled=show)
+        with bar:
+            for step, batch in enumerate(train_stream.batches(indices, per_rank_batch)):
+                images = batch.images.to(ctx.device, non_blocking=True)
+                x = random_crops(images, input_size, generator=gen, mean=mean_dev)  # (B, 3, s, s)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = batch.labels.to(ctx.device, non_blocking=True)
+                logits = net(x)
+                loss = loss_fn(logits, y)
+                if not torch.isfinite(loss):
+                    kept = (f"the last good checkpoint ({files.last}, epoch {epoch - 1}) is kept"
+                            if epoch > 1 else "no epoch had finished, so no checkpoint was written")
+                    raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at epoch {epoch}, "
+                                           f"batch {step + 1}; {kept}; try a lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if config.max_filter_rms > 0:
+                    renormalize_filters_(model, config.max_filter_rms)
+                n = len(y)
+                sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
+                bar.update(n + len(batch.bad))
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        ctx.all_reduce_sum(sums)
+        val_top1, val_top5 = _validate(model, val_stream, mean, input_size, ctx, channels_last, show)
+        lr_before = optimizer.param_groups[0]["lr"]
+        scheduler.step(val_top1)
+        lr_after = optimizer.param_groups[0]["lr"]
+        if lr_after < lr_before:
+            log.info("epoch %d: validation top-1 error has not improved for %d epochs: lr %.3g -> %.3g",
+                     epoch, config.lr_patience + 1, lr_before, lr_after)
+        row = {
+            "epoch": epoch,
+            "train_loss": sums[0].item() / max(sums[2].item(), 1),
+            "train_top1_error": 1.0 - sums[1].item() / max(sums[2].item(), 1),
+            "val_top1_error": val_top1,
+            "val_top5_error": val_top5,
+            "lr": lr_before,
+            "seconds": time.perf_counter() - t0,
+            "images": int(sums[2].item()),
+        }
+        metrics.append(row)
+        improved = val_top1 < best["val_top1_error"]
+        if improved:
+            best = {"epoch": epoch, "val_top1_error": val_top1}
+        if ctx.is_main:
+            _save_epoch(files, model, optimizer, scheduler, epoch, metrics, best, meta, improved,
+                        epoch in config.snapshots or epoch == config.epochs, config)
+        ctx.barrier()
+        log.info("epoch %d/%d  loss %.4f  train top-1 err %.2f%%  val top-1 err %.2f%%  top-5 err %.2f%%  "
+                 "lr %.3g  %.0fs (%.0f img/s)", epoch, config.epochs, row["train_loss"],
+                 100 * row["train_top1_error"], 100 * val_top1, 100 * val_top5, lr_before, row["seconds"],
+                 row["images"] / max(row["seconds"], 1e-9))
+    bad = len(train_ds.bad_files) + len(val_ds.bad_files)
+    if bad:
+        log.warning("%d unreadable image file(s) were skipped (named above)", bad)
+    return TrainResult(files.root, len(metrics), int(best["epoch"]), float(best["val_top1_error"]), metrics, bad)
+
+
+def _validate(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_size: int,
+              ctx: distributed.DistContext, channels_last: bool, show: bool) -> tuple[float, float]:
+    """Centre-crop top-1 and top-5 error over the validation set, sharded over the processes."""
+    shard = list(range(ctx.rank, len(stream), ctx.world_size))
+    probs, labels, _ = predict(model, stream, mean, input_size=input_size, indices=shard,
+                               channels_last=channels_last, show_progress=show, desc="validating")
+    counts = torch.zeros(3, dtype=torch.float64)
+    if len(labels):
+        errs = topk_errors(probs, labels)
+        counts += torch.tensor([errs[1] * len(labels), errs[5] * len(labels), len(labels)], dtype=torch.float64)
+    ctx.all_reduce_sum(counts)
+    if counts[2] == 0:
+        raise ZFNetError("no readable validation images")
+    return counts[0].item() / counts[2].item(), counts[1].item() / counts[2].item()
+
+
+def _save_epoch(files: RunFiles, model: nn.Module, optimizer, scheduler, epoch: int, metrics: list[dict],
+                best: dict, meta: dict, improved: bool, snapshot: bool, config: TrainConfig) -> None:
+    weights_meta = {**meta, "epoch": epoch}
+    # Order matters for kill -9 at any point: weights first, then the state that names the epoch
+    # finished, then the metrics (rewritten from that state on resume).
+    save_weights(files.weights("last"), model, weights_meta)
+    if improved:
+        save_weights(files.best, model, weights_meta)
+    if snapshot:
+        save_weights(files.snapshot(epoch), model, weights_meta)
+    save_state(files.last, {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "metrics": metrics,
+        "best": best,
+        "config": config.to_json(),
+    })
+    atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
