@@ -32,7 +32,7 @@ def _write_odd_images(folder):
     Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(rgb).convert("RGBA").save(folder / "rgba.png")
     Image.fromarray(rgb).convert("P").save(folder / "palette.gif")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(folder / "deep16.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "deep16.png")
     return rgb
 
 

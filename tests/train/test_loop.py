@@ -96,8 +96,14 @@ def test_lr_drops_on_plateau_and_is_logged(tiny_tree, tmp_path, caplog):
     assert "lr 1e-05 -> 1e-06" in caplog.text
 
 
-def test_training_learns_something(tiny_tree, tmp_path):
-    # Bright shapes on dim noise: within 15 short epochs the loss must fall clearly below chance (ln 3).
-    result = train(_config(tiny_tree, tmp_path / "run", epochs=15, batch_size=6, snapshots=()), show_progress=False)
+@pytest.mark.slow
+def test_training_learns_something(tmp_path):
+    # Bright shapes on dim noise, 120 SGD steps of the paper's recipe: the training loss must fall
+    # well below chance (ln 3 = 1.0986); from the paper's small initialisation the first ~50 steps
+    # barely move, so fewer steps would test the initialisation, not the loop.
+    from helpers.trees import make_tree
+
+    data = make_tree(tmp_path / "data", classes=3, per_class=16, val_per_class=4)
+    result = train(_config(data, tmp_path / "run", epochs=20, batch_size=8, snapshots=()), show_progress=False)
     losses = [r["train_loss"] for r in result.metrics]
-    assert min(losses[-3:]) < 0.9 * 1.0986
+    assert min(losses[-5:]) < 0.8 * 1.0986, losses

@@ -68,6 +68,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _check_run_dir(files: RunFiles, resume: bool) -> dict | None:
     """Refuse to overwrite a run; on resume return its last state (None: nothing finished yet)."""
     if resume:
+        for stale in [*files.root.glob(".*.tmp"), *files.snapshots.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a kill in the middle of an atomic write
         if files.last.is_file():
             return load_state(files.last, required=("epoch", "model", "optimizer", "scheduler", "metrics"))
         if not files.root.exists():

@@ -1,0 +1,108 @@
+"""The command line: help for every command, one-line errors with status 2, train and evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zfnet.cli import main
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "synth"], ["train"], ["evaluate"], ["models"], ["demo"]])
+def test_help_documents_defaults(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: zfnet" in out
+    if argv == ["train"]:
+        assert "(default: 128)" in out and "(default: 0.01)" in out and "zfnet-tiny" in out
+
+
+def _one_line_error(capsys, argv, *needles):
+    """Run the CLI and check it failed with status 2 and exactly one line naming the problem."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_model_lists_valid_choices(capsys, tiny_tree, tmp_path):
+    argv = ["train", "--data", str(tiny_tree), "--model", "vgg16", "--out", str(tmp_path / "r")]
+    line = _one_line_error(capsys, argv, "vgg16", "zfnet-tiny")
+    assert line.startswith("zfnet train: error:")
+
+
+def test_missing_data_path(capsys, tmp_path):
+    _one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--model", "zfnet-tiny",
+                             "--out", str(tmp_path / "r")], "does not exist")
+
+
+def test_impossible_size_and_bad_values(capsys, tiny_tree, tmp_path):
+    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--remove", "conv5",
+                             "--out", str(tmp_path / "r")], "cannot remove")
+    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--epochs", "0", "--out", str(tmp_path / "r")],
+                    "--epochs")
+    _one_line_error(capsys, ["evaluate", str(tmp_path / "norun"), "--data", str(tiny_tree)], "does not exist")
+
+
+def test_crafted_checkpoint_via_cli(capsys, tiny_tree, tmp_path):
+    import os
+
+    import torch
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(tiny_tree), "out": str(run), "model": "zfnet-tiny"}))
+    torch.save({"format": "zfnet-train-state-v1", "epoch": 1, "model": Exploit()}, run / "last.pt")
+    _one_line_error(capsys, ["train", "--out", str(run), "--resume"], "refusing to load")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_config_file_and_flags(tiny_tree, tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'data = "{tiny_tree}"\nmodel = "zfnet-tiny"\nepochs = 1\nbatch-size = 6\nworkers = 0\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--lr", "0.005", "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_size"] == 6 and saved["lr"] == 0.005 and saved["epochs"] == 1
+    assert "run directory:" in capsys.readouterr().out
+    # resume cannot change the model
+    _one_line_error(capsys, ["train", "--out", str(run), "--resume", "--model", "alexnet-tiny"], "cannot change")
+    # ... but can train longer
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_ensemble_of_mixed_architectures(tiny_tree, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--data", str(tiny_tree), "--epochs", "1", "--batch-size", "6", "--workers", "0", "--quiet"]
+    assert main(["train", "--model", "zfnet-tiny", "--out", str(a), *common]) == 0
+    assert main(["train", "--model", "alexnet-tiny", "--out", str(b), *common]) == 0
+    capsys.readouterr()
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", str(a), "--data", str(tiny_tree), "--ensemble", str(b), "--workers", "0",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2" in out
+    rows = json.loads(out_json.read_text())["results"]
+    assert len(rows) == 3 and all(0 <= r["top1_error"] <= 1 for r in rows) and rows[2]["images"] == 12
+
+
+def test_models_command_lists_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "62,357,608" in out and "107,627,624" in out
