@@ -1,8 +1,8 @@
 """The built-in synthetic data set: shapes on cluttered, textured backgrounds, made from a seed.
 
-Each image holds one object of a known class at a random position, scale (radius 20-42% of the
+Each image holds one object of a known class at a random position, scale (radius 25-42% of the
 image side), aspect (0.85-1.18), rotation and colour, with a random fill texture (solid, stripes,
-dots, checks, noise, gradient) and sometimes an outline, on a textured background with 4-10
+dots, checks, noise, gradient) and sometimes an outline, on a textured background with 3-8
 distractors (irregular blobs and strokes in the same colours and textures, never a class shape).
 The class is carried by the shape alone: colours, textures, size and place are drawn independently
 of it, so a linear classifier on raw pixels does poorly while a small convnet learns it well
@@ -65,11 +65,11 @@ MIN_SIZE = 32
 # Faces stay near upright so that "left eye" always names the same part; every other shape may
 # take any rotation, since no class of a set is a rotation of another (no mirror images are drawn).
 _MAX_ROTATION_DEG: dict[str, float] = {"face": 25.0}
-_RADIUS = (0.20, 0.42)  # object radius as a fraction of the image side
+_RADIUS = (0.25, 0.42)  # object radius as a fraction of the image side
 _ASPECT = (0.85, 1.18)  # mild stretch: a square stays a square-ish quadrilateral
 _SUPERSAMPLE = 4  # objects are drawn at 4x and box-filtered down: smooth edges, eyes visible at 64 px
 _CLUTTER_SUPERSAMPLE = 2  # distractors are anti-aliased too, so edge quality does not mark the object
-_MIN_CONTRAST = 0.3  # RGB distance (0-1 scale) between the object's mean colour and what is behind it
+_MIN_CONTRAST = 0.35  # RGB distance (0-1 scale) between the object's mean colour and what is behind it
 _POOL_MIN_IMAGES = 400  # fewer images than this are written in-process
 
 
@@ -147,7 +147,8 @@ def _heart(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
 
 def _lshape(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
     w = rng.uniform(0.45, 0.6)
-    return [(_poly((-0.7, -1), (-0.7 + w, -1), (-0.7 + w, 1 - w), (0.75, 1 - w), (0.75, 1), (-0.7, 1)), 255)], {}
+    x = -0.7 + w
+    return [(_poly((-0.7, -1), (x, -1), (x, 1 - w), (0.75, 1 - w), (0.75, 1), (-0.7, 1)), 255)], {}
 
 
 def _ring(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
@@ -171,8 +172,8 @@ def _bolt(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
 
 
 def _chevron(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
-    w = rng.uniform(0.4, 0.55)
-    return [(_poly((-0.75, -1), (-0.75 + w, -1), (0.75, 0), (-0.75 + w, 1), (-0.75, 1), (0.75 - w, 0)), 255)], {}
+    x = rng.uniform(0.4, 0.55) - 0.75  # arm thickness
+    return [(_poly((-0.75, -1), (x, -1), (0.75, 0), (x, 1), (-0.75, 1), (-x, 0)), 255)], {}
 
 
 def _frame(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
@@ -195,7 +196,8 @@ def _hourglass(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
 
 
 def _keyhole(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
-    return [(_ellipse(0, -0.45, 0.55, 0.55, 40), 255), (_poly((-0.2, -0.3), (0.2, -0.3), (0.45, 1), (-0.45, 1)), 255)], {}
+    head = _ellipse(0, -0.45, 0.55, 0.55, 40)
+    return [(head, 255), (_poly((-0.2, -0.3), (0.2, -0.3), (0.45, 1), (-0.45, 1)), 255)], {}
 
 
 def _semicircle(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
@@ -203,7 +205,8 @@ def _semicircle(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
 
 
 def _target(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
-    return [(_ellipse(0, 0, 1, 1, 48), 255), (_ellipse(0, 0, 0.72, 0.72, 48), 0), (_ellipse(0, 0, 0.42, 0.42, 40), 255)], {}
+    return [(_ellipse(0, 0, 1, 1, 48), 255), (_ellipse(0, 0, 0.72, 0.72, 48), 0),
+            (_ellipse(0, 0, 0.42, 0.42, 40), 255)], {}
 
 
 def _trefoil(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
@@ -215,14 +218,16 @@ def _trefoil(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
 
 def _tshape(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
     w = rng.uniform(0.22, 0.3)
-    return [(_poly((-1, -0.95), (1, -0.95), (1, -0.45), (w, -0.45), (w, 1), (-w, 1), (-w, -0.45), (-1, -0.45)), 255)], {}
+    bar, stem = [(-1, -0.95), (1, -0.95), (1, -0.45)], [(w, -0.45), (w, 1), (-w, 1), (-w, -0.45)]
+    return [(_poly(*bar, *stem, (-1, -0.45)), 255)], {}
 
 
 def _ushape(rng: np.random.Generator) -> tuple[_Layers, _Parts]:
     inner = rng.uniform(0.4, 0.5)
     outer_arc = _ellipse(0, 0.1, 0.9, 0.9, 24, math.pi, 0)  # left to right through the bottom (y down)
     inner_arc = _ellipse(0, 0.1, inner, inner, 16, 0, math.pi)
-    outline = np.concatenate([[(-0.9, -0.9)], outer_arc, [(0.9, -0.9), (inner, -0.9)], inner_arc, [(-inner, -0.9)]])
+    outline = np.concatenate([[(-0.9, -0.9)], outer_arc, [(0.9, -0.9), (inner, -0.9)],
+                              inner_arc, [(-inner, -0.9)]])
     return [(outline, 255)], {}
 
 
@@ -273,11 +278,11 @@ def _weights(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
 _KINDS = ("solid", "stripes", "dots", "checks", "noise", "gradient")
 
 
-def _texture(rng: np.random.Generator, size: int, spread: float = 0.35, kinds: tuple[str, ...] = _KINDS) -> np.ndarray:
-    """A (size, size, 3) float32 texture of two related colours."""
+def _texture(rng: np.random.Generator, size: int, spread: float = 0.35) -> np.ndarray:
+    """A (size, size, 3) float32 texture of two colours ``spread`` apart (per channel, s.d.)."""
     c1 = _colour(rng)
     c2 = np.clip(c1 + rng.normal(0.0, spread, 3), 0.0, 1.0).astype(np.float32)
-    kind = kinds[int(rng.integers(len(kinds)))]
+    kind = _KINDS[int(rng.integers(len(_KINDS)))]
     if kind == "solid":
         return np.broadcast_to(c1, (size, size, 3)).copy()
     w = _weights(rng, size, kind)[..., None]
@@ -307,14 +312,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     shade = _weights(rng, size, "noise")[..., None]  # uneven lighting
     img *= 1.0 - rng.uniform(0.0, 0.4) * shade
     ss = _CLUTTER_SUPERSAMPLE
-    for _ in range(int(rng.integers(4, 11))):
+    for _ in range(int(rng.integers(3, 9))):
         layer = Image.new("L", (size * ss, size * ss))
         draw = ImageDraw.Draw(layer)
         cx, cy = rng.uniform(-0.1, 1.1, 2) * size * ss
         if rng.uniform() < 0.55:  # irregular blob: a smooth random radius around a centre
-            r = rng.uniform(0.05, 0.2) * size * ss
+            r = rng.uniform(0.04, 0.16) * size * ss
             t = np.linspace(0, 2 * math.pi, 36, endpoint=False)
-            wobble = sum(rng.uniform(0, 0.3) / k * np.cos(k * t + rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5))
+            wobble = sum(rng.uniform(0, 0.3) / k * np.cos(k * t + rng.uniform(0, 2 * math.pi))
+                         for k in (2, 3, 5))
             stretch = rng.uniform(0.5, 1.0)
             rr = r * (1 + wobble)
             draw.polygon(list(zip(cx + rr * np.cos(t), cy + stretch * rr * np.sin(t), strict=True)), fill=255)
@@ -361,7 +367,8 @@ def _check_size(size: int) -> None:
         raise ZFNetError(f"size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
 
 
-def render_sample(class_name: str, rng: np.random.Generator, size: int = 128, label: int = 0) -> SyntheticSample:
+def render_sample(class_name: str, rng: np.random.Generator, size: int = 128,
+                  label: int = 0) -> SyntheticSample:
     """Draw one object of ``class_name`` on a cluttered background.
 
     Args:
@@ -398,8 +405,9 @@ def render_sample(class_name: str, rng: np.random.Generator, size: int = 128, la
 
     outer = np.concatenate([place(p) for p, fill in layers if fill])
     lo, hi = outer.min(axis=0), outer.max(axis=0)
-    margin = 1.0
-    centre = np.array([rng.uniform(margin - lo[i], max(margin - lo[i], size - margin - hi[i])) for i in (0, 1)])
+    margin = 1.0  # keep the whole object inside the image
+    centre = np.array([rng.uniform(margin - lo[i], max(margin - lo[i], size - margin - hi[i]))
+                       for i in (0, 1)])
 
     ss = _SUPERSAMPLE
     layer = Image.new("L", (size * ss, size * ss))
@@ -411,19 +419,20 @@ def render_sample(class_name: str, rng: np.random.Generator, size: int = 128, la
     # Redraw the fill (at most 10 times) until it stands out from what lies behind the object; the
     # object may be lighter or darker than its surround, so brightness says nothing of the class.
     behind = _mean_under(img, alpha)
-    fill_tex = _texture(rng, size)
+    fill_tex = _texture(rng, size, spread=0.2)
     fill_mean = _mean_under(fill_tex, alpha)
     for _ in range(10):
         if np.linalg.norm(fill_mean - behind) >= _MIN_CONTRAST:
             break
-        fill_tex = _texture(rng, size)
+        fill_tex = _texture(rng, size, spread=0.2)
         fill_mean = _mean_under(fill_tex, alpha)
     _over(img, fill_tex, alpha)
 
     if rng.uniform() < 0.35:  # an outline, in any colour, on any class
         width = 3 if size < 96 else 5
-        eroded = np.asarray(Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(width)))
-        _over(img, _colour(rng), np.clip(alpha - eroded.astype(np.float32) / 255.0, 0.0, 1.0))
+        solid = Image.fromarray((alpha * 255).astype(np.uint8))
+        eroded = np.asarray(solid.filter(ImageFilter.MinFilter(width)), dtype=np.float32) / 255.0
+        _over(img, _colour(rng), np.clip(alpha - eroded, 0.0, 1.0))
 
     parts: dict[str, tuple[int, int, int, int]] = {}
     if part_polys:
@@ -447,7 +456,8 @@ def render_sample(class_name: str, rng: np.random.Generator, size: int = 128, la
     mask = Image.fromarray(np.where(alpha >= 0.5, 255, 0).astype(np.uint8), "L")
     bbox = mask.getbbox()
     box = tuple(int(v) for v in bbox) if bbox else (0, 0, 0, 0)
-    return SyntheticSample(image=image, label=int(label), class_name=class_name, box=box, mask=mask, parts=parts)
+    return SyntheticSample(image=image, label=int(label), class_name=class_name, box=box, mask=mask,
+                           parts=parts)
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -551,9 +561,9 @@ def _workers(n_images: int) -> int:
     return max(1, min(8, cores, n_images // 100))
 
 
-def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100, val_per_class: int | None = None,
-                    seed: int = 0, size: int = 128, class_set: str = "primary",
-                    progress: bool = True) -> SynthSummary:
+def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
+                    val_per_class: int | None = None, seed: int = 0, size: int = 128,
+                    class_set: str = "primary", progress: bool = True) -> SynthSummary:
     """Write the synthetic data set as an image-folder tree with masks and ``annotations.json``.
 
     Layout: ``OUT/{train,val}/<class>/<00000>.png``, masks at ``OUT/masks/<split>/<class>/<name>.png``
@@ -575,7 +585,7 @@ def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
         A :class:`SynthSummary` with the folder, the class names and the image count per split.
 
     Example:
-        >>> s = write_synthetic(tmp / "synth", classes=3, per_class=4, size=64, progress=False)
+        >>> s = write_synthetic("/tmp/synth", classes=3, per_class=4, size=64, progress=False)
         >>> s.counts
         {'train': 12, 'val': 3}
     """
@@ -624,8 +634,8 @@ def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
                     rel, entry = _render_job(job)
                     images[rel] = entry
                     bar.update(1)
-        annotations = {"format": FORMAT, "version": VERSION, "seed": seed, "size": size, "class_set": class_set,
-                       "classes": names, "images": images}
+        annotations = {"format": FORMAT, "version": VERSION, "seed": seed, "size": size,
+                       "class_set": class_set, "classes": names, "images": images}
         atomic_write_json(staging / "annotations.json", annotations)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
