@@ -85,15 +85,27 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tree, tmp_path
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_lr_drops_on_plateau_and_is_logged(tiny_tree, tmp_path, caplog):
+def test_lr_drops_on_plateau_and_is_logged(tiny_tree, tmp_path, caplog, monkeypatch):
     # lr so small that nothing changes: epoch 1 improves on "no result yet"; with patience 0 every
-    # later epoch without improvement divides the lr by 10 for the next one.
+    # later epoch without improvement divides the lr by 10 for the next one. The schedule normally
+    # waits for the error to leave chance level; a negative margin switches it on from the start.
+    from zfnet.train import loop
+
+    monkeypatch.setattr(loop, "CHANCE_MARGIN", -1.0)
     cfg = _config(tiny_tree, tmp_path / "run", epochs=4, lr=1e-5, lr_patience=0, min_lr=1e-12)
     with caplog.at_level(logging.INFO, logger="zfnet"):
         result = train(cfg, show_progress=False)
     lrs = [r["lr"] for r in result.metrics]
     assert lrs == pytest.approx([1e-5, 1e-5, 1e-6, 1e-7], rel=1e-6)
     assert "lr 1e-05 -> 1e-06" in caplog.text
+
+
+def test_lr_is_not_annealed_while_at_chance(tiny_tree, tmp_path):
+    # Nothing is learnt at this lr, so the error stays at chance and the lr must stay where it is.
+    cfg = _config(tiny_tree, tmp_path / "run", epochs=3, lr=1e-5, lr_patience=0, min_lr=1e-12)
+    result = train(cfg, show_progress=False)
+    assert all(r["val_top1_error"] >= 0.6 for r in result.metrics)
+    assert [r["lr"] for r in result.metrics] == pytest.approx([1e-5] * 3)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 SGD with mini-batches of 128, learning rate 1e-2, momentum 0.9, dropout 0.5 in fc6 and fc7,
 weights N(0, 1e-2), biases 0, conv filters renormalised to RMS 0.1 after each step, the learning
 rate divided by 10 when the validation error stops improving (the paper did this by hand; here a
-plateau of ``lr_patience`` epochs triggers it, and every change is logged). The paper states no
+plateau of ``lr_patience`` epochs triggers it, once the error has left chance level, and every change
+is logged). The paper states no
 weight decay; 5e-4 is Krizhevsky et al.'s, which ZFNet's recipe follows.
 """
 

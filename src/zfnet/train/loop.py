@@ -32,7 +32,10 @@ from .checkpoint import RunFiles, load_mean, load_state, save_mean, save_state, 
 from .config import TrainConfig
 from .evaluate import predict, topk_errors
 
-__all__ = ["train", "TrainResult", "epoch_seed"]
+__all__ = ["train", "TrainResult", "epoch_seed", "CHANCE_MARGIN"]
+
+# The lr schedule starts once the validation top-1 error is this far below chance (1 - 1/classes).
+CHANCE_MARGIN = 0.02
 
 log = logging.getLogger("zfnet")
 
@@ -142,6 +145,10 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         threshold=1e-4, threshold_mode="abs", min_lr=config.min_lr)
     metrics: list[dict] = []
     best = {"epoch": 0, "val_top1_error": math.inf}
+    # From the paper's small initialisation a network first sits on a plateau at chance level for a
+    # while; a person annealing by hand waits for learning to start, and so does the schedule.
+    chance = 1.0 - 1.0 / len(train_ds.classes)
+    started = False
     start = 1
     if state is not None:
         try:
@@ -158,6 +165,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
             log.info("learning rate set to %.3g on resume (the run's configuration had %.3g)", config.lr, saved_lr)
         metrics = list(state["metrics"])
         best = dict(state.get("best", best))
+        started = bool(state.get("schedule_started", True))
         start = int(state["epoch"]) + 1
         if ctx.is_main:
             atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
@@ -206,7 +214,12 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         ctx.all_reduce_sum(sums)
         val_top1, val_top5 = _validate(model, val_stream, mean, input_size, ctx, channels_last, show)
         lr_before = optimizer.param_groups[0]["lr"]
-        scheduler.step(val_top1)
+        if not started and val_top1 < chance - CHANCE_MARGIN:
+            started = True
+            log.info("epoch %d: validation error has left chance level (%.1f%%); plateau schedule on",
+                     epoch, 100 * chance)
+        if started:
+            scheduler.step(val_top1)
         lr_after = optimizer.param_groups[0]["lr"]
         if lr_after < lr_before:
             log.info("epoch %d: validation top-1 error has not improved for %d epochs: lr %.3g -> %.3g",
@@ -227,7 +240,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
             best = {"epoch": epoch, "val_top1_error": val_top1}
         if ctx.is_main:
             _save_epoch(files, model, optimizer, scheduler, epoch, metrics, best, meta, improved,
-                        epoch in config.snapshots or epoch == config.epochs, config)
+                        epoch in config.snapshots or epoch == config.epochs, config, started)
         ctx.barrier()
         log.info("epoch %d/%d  loss %.4f  train top-1 err %.2f%%  val top-1 err %.2f%%  top-5 err %.2f%%  "
                  "lr %.3g  %.0fs (%.0f img/s)", epoch, config.epochs, row["train_loss"],
@@ -256,7 +269,8 @@ def _validate(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_s
 
 
 def _save_epoch(files: RunFiles, model: nn.Module, optimizer, scheduler, epoch: int, metrics: list[dict],
-                best: dict, meta: dict, improved: bool, snapshot: bool, config: TrainConfig) -> None:
+                best: dict, meta: dict, improved: bool, snapshot: bool, config: TrainConfig,
+                schedule_started: bool) -> None:
     weights_meta = {**meta, "epoch": epoch}
     # Order matters for kill -9 at any point: weights first, then the state that names the epoch
     # finished, then the metrics (rewritten from that state on resume).
@@ -273,5 +287,6 @@ def _save_epoch(files: RunFiles, model: nn.Module, optimizer, scheduler, epoch: 
         "metrics": metrics,
         "best": best,
         "config": config.to_json(),
+        "schedule_started": schedule_started,
     })
     atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
