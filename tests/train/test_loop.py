@@ -88,10 +88,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tree, tmp_path
 def test_lr_drops_on_plateau_and_is_logged(tiny_tree, tmp_path, caplog, monkeypatch):
     # lr so small that nothing changes: epoch 1 improves on "no result yet"; with patience 0 every
     # later epoch without improvement divides the lr by 10 for the next one. The schedule normally
-    # waits for the error to leave chance level; a negative margin switches it on from the start.
+    # waits for the error to leave chance level; here it is switched on from the start.
     from zfnet.train import loop
 
-    monkeypatch.setattr(loop, "CHANCE_MARGIN", -1.0)
+    monkeypatch.setattr(loop, "left_chance", lambda *args: True)
     cfg = _config(tiny_tree, tmp_path / "run", epochs=4, lr=1e-5, lr_patience=0, min_lr=1e-12)
     with caplog.at_level(logging.INFO, logger="zfnet"):
         result = train(cfg, show_progress=False)
@@ -106,6 +106,15 @@ def test_lr_is_not_annealed_while_at_chance(tiny_tree, tmp_path):
     result = train(cfg, show_progress=False)
     assert all(r["val_top1_error"] >= 0.6 for r in result.metrics)
     assert [r["lr"] for r in result.metrics] == pytest.approx([1e-5] * 3)
+
+
+def test_left_chance_needs_a_clear_margin():
+    from zfnet.train.loop import left_chance
+
+    assert not left_chance(0.878, classes=10, images=500)  # 1.6 standard errors below 90%: noise
+    assert left_chance(0.80, classes=10, images=500)
+    assert not left_chance(0.55, classes=3, images=12)     # 12 images cannot tell
+    assert left_chance(0.10, classes=3, images=12)
 
 
 @pytest.mark.slow

@@ -32,10 +32,18 @@ from .checkpoint import RunFiles, load_mean, load_state, save_mean, save_state, 
 from .config import TrainConfig
 from .evaluate import predict, topk_errors
 
-__all__ = ["train", "TrainResult", "epoch_seed", "CHANCE_MARGIN"]
+__all__ = ["train", "TrainResult", "epoch_seed", "left_chance"]
 
-# The lr schedule starts once the validation top-1 error is this far below chance (1 - 1/classes).
-CHANCE_MARGIN = 0.02
+
+def left_chance(val_top1_error: float, classes: int, images: int) -> bool:
+    """Whether a validation top-1 error is clearly below chance level (1 - 1/classes).
+
+    Clearly: by at least 5 points and by 3 standard errors of the error measured on ``images``
+    images, so that noise around chance does not count as learning.
+    """
+    chance = 1.0 - 1.0 / classes
+    stderr = math.sqrt(chance * (1.0 - chance) / max(images, 1))
+    return val_top1_error < chance - max(0.05, 3.0 * stderr)
 
 log = logging.getLogger("zfnet")
 
@@ -147,7 +155,6 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     best = {"epoch": 0, "val_top1_error": math.inf}
     # From the paper's small initialisation a network first sits on a plateau at chance level for a
     # while; a person annealing by hand waits for learning to start, and so does the schedule.
-    chance = 1.0 - 1.0 / len(train_ds.classes)
     started = False
     start = 1
     if state is not None:
@@ -214,10 +221,10 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         ctx.all_reduce_sum(sums)
         val_top1, val_top5 = _validate(model, val_stream, mean, input_size, ctx, channels_last, show)
         lr_before = optimizer.param_groups[0]["lr"]
-        if not started and val_top1 < chance - CHANCE_MARGIN:
+        if not started and left_chance(val_top1, len(train_ds.classes), len(val_ds)):
             started = True
             log.info("epoch %d: validation error has left chance level (%.1f%%); plateau schedule on",
-                     epoch, 100 * chance)
+                     epoch, 100 * (1 - 1 / len(train_ds.classes)))
         if started:
             scheduler.step(val_top1)
         lr_after = optimizer.param_groups[0]["lr"]
