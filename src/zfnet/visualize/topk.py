@@ -1,0 +1,332 @@
+"""The strongest activations of every feature map over a data set, and their deconvnet projections.
+
+Zeiler & Fergus's Fig. 2 shows, for feature maps of each layer, the nine validation images whose
+strongest activation in that map is largest, each projected to pixel space by the deconvnet beside
+the image patch under its receptive field. :func:`top_activations` finds them in one streaming
+pass (forward hooks, a running top-k per map; no activation is stored) and
+:func:`project_top_activations` computes the projections and patches, batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .deconvnet import KEEP_MODES, Deconvnet, _crop, _eval_mode, _Window
+from .receptive_field import receptive_fields
+
+__all__ = ["TopK", "TopKProjections", "top_activations", "project_top_activations"]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The ``k`` strongest activations of every feature map of one layer.
+
+    Attributes:
+        layer: the layer's name.
+        values: (C, k), per map the ``k`` largest per-image maxima, in descending order.
+        image_index: (C, k) int64, the image each came from: its position in the iteration order
+            over the data (0 for the first image of the first batch, counting on across batches).
+        position: (C, k, 2) int64, (row, column) of that activation in the map; (0, 0) for a fully
+            connected layer.
+
+    With fewer than ``k`` images the missing entries have value ``-inf``, index ``-1`` and
+    position ``(-1, -1)``. Among equal values the earlier image comes first.
+    """
+
+    layer: str
+    values: torch.Tensor
+    image_index: torch.Tensor
+    position: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TopKProjections:
+    """Deconvnet projections of a layer's top activations and the image patches under them.
+
+    Attributes:
+        channels: (C',) the feature maps projected.
+        projections: (C', k, C_in, H, W), each activation projected to pixel space.
+        patches: (C', k, C_in, h, w), the image under each activation's receptive field: the
+            whole field window (``h, w`` = the layer's field size, capped by nothing), cut from the
+            image as if it were surrounded by zeros, so the activation sits at the same place in
+            every patch; where the field reaches past the border the patch is zero.
+        boxes: (C', k, 4) int64, the part of each field inside the image, ``(y0, x0, y1, x1)``
+            half-open.
+
+    Entries of :class:`TopK` padding (index -1) have zero projections and patches and boxes -1.
+    """
+
+    channels: torch.Tensor
+    projections: torch.Tensor
+    patches: torch.Tensor
+    boxes: torch.Tensor
+
+
+class _RunningTopK:
+    """A layer's running top-k: per map, the k largest per-image maxima seen so far.
+
+    Each entry carries one int64 key, ``image index * H * W + flat position``, so a merge is one
+    sort and two gathers, and a batch none of whose maxima beats a map's k-th value is skipped.
+    """
+
+    def __init__(self, name: str, k: int) -> None:
+        self.name, self.k = name, k
+        self.values: torch.Tensor | None = None  # (C, k), descending
+        self.keys: torch.Tensor | None = None  # (C, k) int64, -1 for padding
+        self.width = 1  # map width and area, to decode keys
+        self.area = 1
+
+    def update(self, out: torch.Tensor, first: int) -> None:
+        # The bookkeeping is a handful of small reductions, sorts and gathers per batch, whose cost
+        # on a CPU is mostly the synchronisation of the intra-op threads (10x the work itself on a
+        # busy 2-core machine); one thread does them faster. The model's layers still use them all.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._update(out, first)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _update(self, out: torch.Tensor, first: int) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{self.name} returns a {type(out).__name__}; top_activations needs a tensor")
+        out = out.detach()
+        if out.dim() not in (2, 4):
+            raise ValueError(f"{self.name} outputs shape {tuple(out.shape)}; top_activations needs "
+                             "(B, C, H, W) or (B, C)")
+        best = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, C)
+        b, c = best.shape
+        if self.values is None:
+            self.values = best.new_full((c, self.k), float("-inf"))
+            self.keys = torch.full((c, self.k), -1, dtype=torch.long, device=best.device)
+        # Only maxima above a map's k-th value can enter its top k (at equal values the kept,
+        # earlier entry wins), so only their maps are searched for the position of the maximum.
+        enters = best > self.values[:, -1]
+        if not bool(enters.any()):
+            return
+        keys = torch.arange(first, first + b, device=best.device)[:, None].expand(b, c)
+        if out.dim() == 4:
+            h, w = out.shape[2:]
+            if bool((self.keys >= 0).any()) and (w, h * w) != (self.width, self.area):
+                raise ValueError(f"{self.name}'s maps changed size during the pass (now {h}x{w}); "
+                                 "top_activations needs images of one size")
+            self.width, self.area = w, h * w
+            rows, cols = torch.nonzero(enters, as_tuple=True)
+            if 2 * len(rows) > b * c:  # most maps enter (the first batches): search them all in place
+                arg = out.reshape(b, c, h * w).max(2).indices if out.is_contiguous() else \
+                    out.permute(0, 2, 3, 1).reshape(b, h * w, c).max(1).indices
+            else:
+                arg = torch.zeros_like(keys)
+                arg[rows, cols] = out[rows, cols].reshape(len(rows), -1).max(1).indices
+            keys = keys * self.area + arg  # max(...).indices: the first maximum
+        values = torch.cat((self.values, best.t()), dim=1)  # (C, k + B): the kept entries first
+        # A stable sort keeps earlier images ahead of later ones with equal values.
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.values = values.gather(1, order)
+        self.keys = torch.cat((self.keys, keys.t()), dim=1).gather(1, order)
+
+    def result(self) -> TopK:
+        valid = self.keys >= 0
+        index = torch.where(valid, self.keys // self.area, -1)
+        flat = self.keys % self.area
+        position = torch.stack((flat // self.width, flat % self.width), dim=-1)
+        position = position.masked_fill(~valid[..., None], -1)
+        return TopK(self.name, self.values, index, position)
+
+
+def _images_of(batch: object) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError("data must yield image tensors (B, C, H, W) or (images, labels) pairs, "
+                    f"got a {type(batch).__name__}")
+
+
+def _model_like(model: nn.Module) -> torch.Tensor | None:
+    for t in model.parameters():
+        return t
+    return None
+
+
+def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Sequence[torch.Tensor]],
+                    layers: str | Sequence[str], k: int = 9) -> dict[str, TopK]:
+    """The ``k`` images with the strongest activation in each feature map of each layer.
+
+    One pass over ``data`` in eval mode under ``torch.no_grad`` (each module's training flag is
+    restored afterwards). Forward hooks on the layers keep, per feature map, a running top-k of
+    the per-image maxima (one entry per image, with the position of its maximum); they are
+    removed when the pass ends, also after an error. Memory: O(layers x channels x k).
+
+    Args:
+        model: any ``nn.Module``; images are moved to the device and dtype of its parameters.
+        data: an iterable of image batches (B, C, H, W) or of ``(images, labels)`` batches, such as
+            a ``DataLoader``.
+        layers: one submodule name (``"conv5"``, ``"features.12"``) or several; a container's
+            output is its last module's.
+        k: how many images to keep per feature map.
+
+    Returns:
+        ``{layer: TopK}``; see :class:`TopK` for the shapes and the padding when there are
+        fewer than ``k`` images.
+
+    Raises:
+        ValueError: an unknown layer name (the message lists the valid ones), ``k < 1``, or
+            ``data`` without any image.
+
+    Shape:
+        values (C, k), image_index (C, k), position (C, k, 2) per layer.
+
+    Example:
+        >>> import torch
+        >>> from zfnet.models import build
+        >>> net = build("zfnet-tiny", num_classes=5)
+        >>> batches = [torch.randn(4, 3, 64, 64) for _ in range(3)]
+        >>> top = top_activations(net, batches, ["conv1", "fc6"], k=9)
+        >>> top["conv1"].values.shape, top["fc6"].position.shape
+        (torch.Size([16, 9]), torch.Size([128, 9, 2]))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    if not names:
+        raise ValueError("layers is empty; name at least one layer")
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or not name or name not in modules:
+            valid = ", ".join(n for n in modules if n)
+            raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+    running = {name: _RunningTopK(name, k) for name in names}
+    like = _model_like(model)
+    seen = [0]
+
+    def hook_for(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            running[name].update(output, seen[0])
+        return hook
+
+    handles = []
+    try:
+        with _eval_mode(model), torch.no_grad():
+            for name in names:
+                handles.append(modules[name].register_forward_hook(hook_for(name)))
+            for batch in data:
+                images = _images_of(batch)
+                if like is not None:
+                    images = images.to(device=like.device, dtype=like.dtype)
+                model(images)
+                seen[0] += len(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    for name, top in running.items():
+        if top.values is None:  # no image at all: the width is unknown
+            raise ValueError("data yielded no images")
+        result[name] = top.result()
+    return result
+
+
+def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
+                            images: torch.Tensor | Callable[[int], torch.Tensor], *, keep: str = "max",
+                            channels: Sequence[int] | torch.Tensor | None = None) -> TopKProjections:
+    """Deconvnet projections of a layer's top activations, with the image patches under them.
+
+    Each distinct image is fetched once. With ``keep="max"`` each projection is that of the
+    activation :func:`top_activations` found (its position is given, so the deconvnet works inside
+    its receptive field only); ``keep="map"`` projects the whole feature map of that image.
+
+    Args:
+        model: the model :func:`top_activations` ran (or a :class:`~zfnet.visualize.Deconvnet` of it).
+        top: one layer's :class:`TopK`.
+        images: the images in the iteration order of that pass: a tensor (N, C, H, W), or a
+            callable taking an image index and returning a (C, H, W) tensor (e.g. a data set's
+            ``lambda i: dataset[i][0]``).
+        keep: ``"max"`` or ``"map"`` (see :meth:`Deconvnet.project`).
+        channels: the feature maps to project; default all (mind the memory: C x k images).
+
+    Returns:
+        A :class:`TopKProjections`.
+
+    Shape:
+        projections (C', k, C_in, H, W); patches (C', k, C_in, h, w); boxes (C', k, 4).
+
+    Example:
+        >>> import torch
+        >>> from zfnet.models import build
+        >>> net = build("zfnet-tiny", num_classes=5)
+        >>> data = torch.randn(12, 3, 64, 64)
+        >>> top = top_activations(net, data.split(4), "conv2", k=4)["conv2"]
+        >>> out = project_top_activations(net, top, data, channels=[0, 5])
+        >>> out.projections.shape, out.patches.shape
+        (torch.Size([2, 4, 3, 64, 64]), torch.Size([2, 4, 3, 27, 27]))
+    """
+    deconv = model if isinstance(model, Deconvnet) else Deconvnet(model)
+    if not isinstance(top, TopK):
+        raise TypeError(f"top must be a TopK (from top_activations), got {type(top).__name__}")
+    if keep not in KEEP_MODES:
+        raise ValueError(f"keep must be one of {', '.join(KEEP_MODES)}, got {keep!r}")
+    deconv._stage_index(top.layer)
+    c_all, k = top.values.shape
+    chans = torch.arange(c_all) if channels is None else torch.as_tensor(channels).long().flatten()
+    if len(chans) and (int(chans.min()) < 0 or int(chans.max()) >= c_all):
+        raise ValueError(f"channels must lie in [0, {c_all}) for {top.layer}, got {chans.tolist()}")
+    index = top.image_index[chans.to(top.image_index.device)].cpu()  # (C', k)
+    position = top.position[chans.to(top.position.device)].cpu()
+    valid = index >= 0
+    unique, rows = torch.unique(index[valid], return_inverse=True)
+    x = _fetch(images, unique.tolist(), _model_like(deconv.model))
+    n_chan = len(chans)
+    entry_chan = chans[:, None].expand(n_chan, k)[valid]
+    entry_pos = position[valid]
+    c_in, h, w = (x.shape[1:] if len(x) else _shape_of(images))
+    rf = receptive_fields(deconv, (h, w), in_channels=c_in)[top.layer]
+    projections = torch.zeros((n_chan, k, c_in, h, w), dtype=x.dtype, device=x.device)
+    patches = torch.zeros((n_chan, k, c_in, *rf.size), dtype=x.dtype, device=x.device)
+    boxes = torch.full((n_chan, k, 4), -1, dtype=torch.long)
+    if len(rows):
+        rows, entry_chan, entry_pos = rows.to(x.device), entry_chan.to(x.device), entry_pos.to(x.device)
+        projections[valid.to(x.device)] = deconv.project(
+            x, top.layer, entry_chan, keep, positions=entry_pos if keep == "max" else None, image_index=rows)
+        windows = rf.windows(entry_pos)  # (N, 4) unclipped
+        field = _Window(windows[:, :2], rf.size, (h, w))
+        patches[valid.to(x.device)] = _crop(x, rows, field, 0.0)
+        limit = torch.tensor([h, w, h, w], device=windows.device)
+        boxes[valid] = torch.minimum(windows.clamp(min=0), limit).cpu()
+    return TopKProjections(chans, projections, patches, boxes)
+
+
+def _shape_of(images: torch.Tensor | Callable[[int], torch.Tensor]) -> tuple[int, int, int]:
+    if isinstance(images, torch.Tensor):
+        return tuple(images.shape[1:])  # type: ignore[return-value]
+    raise ValueError("top has no images to project (every index is -1) and images is a callable: "
+                     "the image size is unknown")
+
+
+def _fetch(images: torch.Tensor | Callable[[int], torch.Tensor], index: list[int],
+           like: torch.Tensor | None) -> torch.Tensor:
+    """The images at ``index`` as one (U, C, H, W) tensor on the model's device."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if index and max(index) >= len(images):
+            raise ValueError(f"image index {max(index)} out of range for {len(images)} images")
+        x = images[torch.tensor(index, dtype=torch.long, device=images.device)]
+    elif callable(images):
+        fetched = [images(i) for i in index]
+        for i, t in zip(index, fetched):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise TypeError(f"images({i}) must return a (C, H, W) tensor, got "
+                                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        x = torch.stack(fetched) if fetched else torch.zeros(0)
+    else:
+        raise TypeError(f"images must be a tensor or a callable, got {type(images).__name__}")
+    if like is not None and len(x):
+        x = x.to(device=like.device, dtype=like.dtype)
+    return x
