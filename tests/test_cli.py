@@ -106,3 +106,19 @@ def test_models_command_lists_parameter_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "62,357,608" in out and "107,627,624" in out
+
+
+def test_visualize_command(tiny_tree, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--epochs", "1", "--batch-size", "6",
+                 "--workers", "0", "--snapshots", "1", "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "vis"
+    assert main(["visualize", str(run), "--data", str(tiny_tree), "--layers", "conv1,conv5", "--maps", "2",
+                 "--k", "4", "--out", str(out)]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert list(index["layers"]) == ["conv1", "conv5"]
+    assert all(len(m) == 2 for m in index["layers"].values())
+    assert (out / "top4-conv5.png").is_file() and (out / "filters-conv1.png").is_file()
+    capsys.readouterr()
+    _one_line_error(capsys, ["visualize", str(run), "--data", str(tiny_tree), "--layers", "conv9",
+                             "--out", str(out)], "conv9", "conv5")

@@ -146,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_eval.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
 
+    # visualize
+    p_vis = sub.add_parser("visualize", help="deconvnet figures of a run: top-k projections, filters, evolution",
+                           formatter_class=_Formatter,
+                           description="The paper's Fig. 2 (top-k projections beside their image patches, per "
+                           "layer), the layer-1 filters, Fig. 4 (feature evolution over the run's snapshots) and "
+                           "an index.json of every map's top images, positions and values. With --compare, also "
+                           "Fig. 6: this run's and another run's layer-1/2 features with dead-filter and "
+                           "aliasing figures.")
+    p_vis.add_argument("run", type=Path, help="run directory")
+    p_vis.add_argument("--data", type=Path, required=True, help="data folder")
+    p_vis.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and index.json")
+    p_vis.add_argument("--layers", type=_csv_names, default=("conv1", "conv2", "conv3", "conv4", "conv5"),
+                       help="layers to visualise, comma-separated (default: conv1,...,conv5)")
+    p_vis.add_argument("--k", type=_positive_int, default=9, help="top activations per feature map")
+    p_vis.add_argument("--maps", type=_positive_int, default=16,
+                       help="feature maps shown per layer, a seeded random subset (default: 16)")
+    p_vis.add_argument("--split", default="val", help="split folder whose images are searched")
+    p_vis.add_argument("--weights", default="best", help="best, last or epoch-N")
+    p_vis.add_argument("--max-images", type=_positive_int, default=None, help="search only the first N images")
+    p_vis.add_argument("--seed", type=int, default=0, help="seed of the choice of shown maps")
+    p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
+                       help="another run (e.g. AlexNet) for the Fig. 6 comparison")
+
     # demo
     p_demo = sub.add_parser("demo", help="from nothing to a trained ZFNet on the synthetic data",
                             formatter_class=_Formatter)
@@ -282,6 +305,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from .visualize.job import compare_architectures, visualize_run
+
+    index = visualize_run(args.run, args.data, layers=args.layers, k=args.k, maps=args.maps, split=args.split,
+                          out=args.out, weights=args.weights, seed=args.seed, max_images=args.max_images)
+    shown = sum(len(maps) for maps in index["layers"].values())
+    print(f"visualised {shown} feature maps of {', '.join(index['layers'])} over {index['images']} images")
+    if args.compare is not None:
+        compare_architectures(args.run, args.compare, args.out, data=args.data, split=args.split,
+                              weights=args.weights, seed=args.seed)
+        print(f"architecture comparison with {args.compare}: {args.out / 'architectures.png'}")
+    print(f"figures and index.json in {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -291,7 +329,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
-             "demo": _cmd_demo}
+             "visualize": _cmd_visualize, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,359 @@
+"""The visualize job: every figure of a trained run, written as PNGs with an ``index.json``.
+
+:func:`visualize_run` makes, for one run directory,
+
+- ``top9-<layer>.png`` per layer (Fig. 2): for each shown feature map the top-k projections beside the
+  image patches under them;
+- ``filters-conv1.png``: the layer-1 filters drawn directly;
+- ``evolution-<layer>.png`` per layer (Fig. 4): the strongest projection of the first shown maps at each
+  weight snapshot of the run;
+- ``index.json``: per layer and map the top-k images (data set indices), positions and values, and the
+  paths of every figure, so that a report can be rebuilt without recomputing anything.
+
+:func:`compare_architectures` makes Fig. 6 for two runs (e.g. AlexNet and ZFNet): their layer-1 filters and
+layer-2 features, with the fraction of dead layer-1 filters and their aliasing (see
+:mod:`zfnet.visualize.figures`), as ``architectures.png`` and ``architectures.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_write_json
+from ..data.folders import open_dataset
+from ..data.loader import ImageStream
+from ..data.transforms import center_crop
+from ..progress import progress
+from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
+from .deconvnet import Deconvnet
+from .figures import (
+    aliasing,
+    dead_filter_fraction,
+    draw_architecture_comparison,
+    draw_evolution,
+    draw_filters,
+    draw_top_projections,
+)
+from .receptive_field import receptive_fields
+from .topk import TopK, project_top_activations, top_activations
+
+__all__ = ["visualize_run", "compare_architectures", "DEFAULT_LAYERS"]
+
+DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+class _Images:
+    """The images of one pass: data set indices in iteration order, uint8 pixels, model inputs."""
+
+    def __init__(self, run: LoadedRun, data: str | Path, split: str, *, max_images: int | None, seed: int,
+                 batch_size: int, show_progress: bool) -> None:
+        ds = open_dataset(data, split, run.base_size, classes=run.classes)
+        if len(ds) == 0:
+            raise ValueError(f"{data}/{split} holds no images")
+        self.stream = ImageStream(ds, workers=0, cache="auto", show_progress=show_progress)
+        indices = list(range(len(ds)))
+        if max_images is not None:
+            if max_images < 1:
+                raise ValueError(f"max_images must be at least 1, got {max_images}")
+            if max_images < len(ds):
+                g = torch.Generator().manual_seed(seed)
+                indices = sorted(torch.randperm(len(ds), generator=g)[:max_images].tolist())
+        self.requested = indices
+        self.order: list[int] = []  # data set index of each image in iteration order
+        self.mean, self.size, self.batch_size = run.mean, run.input_size, batch_size
+        self.dataset_size = len(ds)
+
+    def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> model input: mean subtracted, centre crop."""
+        return center_crop(pixels.float() - self.mean, self.size)
+
+    def pass_once(self, show_progress: bool) -> Iterator[torch.Tensor]:
+        """Model inputs of every image, recording their data set indices."""
+        self.order = []
+        bar = progress(total=len(self.requested), desc="top activations", unit="img", enabled=show_progress)
+        with bar:
+            for batch in self.stream.batches(self.requested, self.batch_size):
+                self.order.extend(batch.indices.tolist())
+                bar.update(len(batch.indices))
+                yield self.inputs(batch.images)
+
+    def pixels(self, order_index: Sequence[int]) -> torch.Tensor:
+        """The uint8 pixels (base size, uncropped) of images by iteration-order index. (N, 3, S, S)."""
+        want = [self.order[i] for i in order_index]
+        got: dict[int, torch.Tensor] = {}
+        for batch in self.stream.batches(sorted(set(want)), self.batch_size):
+            for i, img in zip(batch.indices.tolist(), batch.images):
+                got[i] = img
+        return torch.stack([got[i] for i in want])
+
+
+def _cut(images: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Per item, the window ``(y0, x0, y1, x1)`` of ``images[n]``, zero outside the image. (N, C, h, w)."""
+    n, c, height, width = images.shape
+    h, w = (int(windows[0, 2] - windows[0, 0]), int(windows[0, 3] - windows[0, 1])) if n else (0, 0)
+    out = images.new_zeros((n, c, h, w))
+    for i, (y0, x0, y1, x1) in enumerate(windows.tolist()):
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+        if sy1 > sy0 and sx1 > sx0:
+            out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = images[i, :, sy0:sy1, sx0:sx1]
+    return out
+
+
+def _shown_maps(n_maps: int, maps: int | Sequence[int] | None, seed: int, layer: str) -> list[int]:
+    if maps is None:
+        return list(range(n_maps))
+    if isinstance(maps, bool):
+        raise TypeError(f"maps must be None, an int or a sequence of ints, got {maps!r}")
+    if isinstance(maps, int):
+        if maps < 1:
+            raise ValueError(f"maps must be at least 1, got {maps}")
+        if maps >= n_maps:
+            return list(range(n_maps))
+        g = torch.Generator().manual_seed(seed)
+        return sorted(torch.randperm(n_maps, generator=g)[:maps].tolist())
+    chosen = sorted({int(m) for m in maps})
+    bad = [m for m in chosen if not 0 <= m < n_maps]
+    if bad or not chosen:
+        raise ValueError(f"maps {bad or 'empty'} out of range for {layer}, which has {n_maps} maps")
+    return chosen
+
+
+def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(dict.fromkeys(layers))
+    valid = Deconvnet(model).layer_names
+    if not layers:
+        raise ValueError(f"layers is empty; valid layers: {', '.join(valid)}")
+    for name in layers:
+        if name not in valid:
+            raise ValueError(f"unknown layer {name!r}; valid layers: {', '.join(valid)}")
+    return layers
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise ValueError(f"{type(model).__name__} has no Conv2d layer")
+
+
+def _inputs_of(images: _Images, tops: Sequence[TopK], maps: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
+    """Model inputs of every image (by iteration-order index) in the top-k of the given maps, fetched once."""
+    needed = sorted({i for t, m in zip(tops, maps) for i in t.image_index[list(m)].flatten().tolist() if i >= 0})
+    if not needed:
+        return {}
+    return dict(zip(needed, images.inputs(images.pixels(needed))))
+
+
+def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs: dict[int, torch.Tensor],
+                           maps: list[int], chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projections (cut to the receptive field) and uint8 patches of the top-k of ``maps``.
+
+    ``inputs`` maps iteration-order indices to model inputs (C, H, W). Maps are projected ``chunk`` at a
+    time, so only that many whole-image projections are held at once.
+    Shape: (M, k, 3, h, w) each.
+    """
+    rf = receptive_fields(deconv, (images.size, images.size), in_channels=3)[top.layer]
+    all_proj, all_patches = [], []
+    for start in range(0, len(maps), chunk):
+        part = maps[start:start + chunk]
+        out = project_top_activations(deconv, top, inputs.__getitem__, channels=part)
+        m, k = out.projections.shape[:2]
+        index = top.image_index[part]  # (M, k)
+        windows = rf.windows(top.position[part].reshape(-1, 2).clamp(min=0)).reshape(m, k, 4)
+        projections = torch.zeros_like(out.patches)
+        patches = torch.zeros(out.patches.shape, dtype=torch.uint8)
+        valid = index >= 0
+        if bool(valid.any()):
+            projections[valid] = _cut(out.projections[valid], windows[valid])
+            pixels = center_crop(images.pixels(index[valid].tolist()), images.size)
+            patches[valid] = _cut(pixels, windows[valid])
+        all_proj.append(projections)
+        all_patches.append(patches)
+    return torch.cat(all_proj), torch.cat(all_patches)
+
+
+def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = DEFAULT_LAYERS, k: int = 9,
+                  maps: int | Sequence[int] | None = None, split: str = "val", out: str | Path,
+                  weights: str = "best", seed: int = 0, max_images: int | None = None,
+                  evolution_maps: int = 8, evolution_images: int = 256, batch_size: int = 32,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """Write Fig. 2 per layer, the layer-1 filters, Fig. 4 per layer and ``index.json`` for a run.
+
+    Args:
+        run: the run directory.
+        data: the data set's folder (``train/``, ``val/`` inside).
+        layers: the layers to visualise (names of :attr:`Deconvnet.layer_names`).
+        k: top activations per feature map.
+        maps: the feature maps shown per layer: all (None), a seeded random subset of this many (int), or
+            these (a sequence of ints).
+        split: the data split to search.
+        out: the folder to write into (created).
+        weights: ``best``, ``last`` or ``epoch-N``.
+        seed: seeds the choice of maps and images.
+        max_images: search a seeded random subset of this many images (default all).
+        evolution_maps: Fig. 4 shows the first this many shown maps of each layer.
+        evolution_images: Fig. 4 searches a seeded subset of this many of the images, per snapshot.
+        batch_size: images per forward pass.
+        show_progress: progress bars (on a terminal).
+
+    Returns:
+        The contents of ``index.json``: ``{"run", "weights", "split", "images", "layers": {layer:
+        {map: {"image_ids", "positions", "values", "png"}}}, "figures": {...}}``; image ids are
+        indices into the split's data set; paths are relative to ``out``.
+
+    Raises:
+        ValueError: an unknown layer (listing the valid ones), bad ``k``, ``maps`` or ``max_images``.
+        CheckpointError: an unreadable run.
+
+    Example:
+        >>> visualize_run("runs/zfnet", "data/synth", out="runs/zfnet/figures", maps=16)  # doctest: +SKIP
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    loaded = load_run(run, weights)
+    model = loaded.model.eval()
+    layers = _check_layers(model, layers)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
+                     show_progress=show_progress)
+    top = top_activations(model, images.pass_once(show_progress), layers, k=k)
+    n = len(images.order)
+    deconv = Deconvnet(model)
+
+    shown = {layer: _shown_maps(top[layer].values.shape[0], maps, seed, layer) for layer in layers}
+    inputs = _inputs_of(images, [top[layer] for layer in layers], [shown[layer] for layer in layers])
+
+    index: dict[str, Any] = {"run": str(loaded.root), "weights": weights, "split": split, "images": n,
+                             "k": k, "layers": {}, "figures": {}}
+    for layer in progress(layers, desc="projections", unit="it", enabled=show_progress):
+        t, chosen = top[layer], shown[layer]
+        projections, patches = _projections_in_window(deconv, t, images, inputs, chosen)
+        png = draw_top_projections(projections, patches, chosen, out / f"top{k}-{layer}.png", layer=layer)
+        index["figures"][f"top{k}-{layer}"] = png.name
+        entries = {}
+        for c in chosen:
+            valid = t.image_index[c] >= 0
+            entries[str(c)] = {
+                "image_ids": [images.order[i] for i in t.image_index[c][valid].tolist()],
+                "positions": t.position[c][valid].tolist(),
+                "values": t.values[c][valid].tolist(),
+                "png": png.name,
+            }
+        index["layers"][layer] = entries
+
+    conv1 = _first_conv(model)
+    index["figures"]["filters-conv1"] = draw_filters(conv1.weight, out / "filters-conv1.png",
+                                                     title=f"{_model_name(loaded)} layer-1 filters").name
+
+    epochs = RunFiles(loaded.root).list_snapshots()
+    if epochs:
+        index["figures"].update(_evolution(loaded, images, layers, shown, epochs, out, evolution_maps=evolution_maps,
+                                           evolution_images=evolution_images, seed=seed, show_progress=show_progress))
+    index["snapshots"] = epochs
+    atomic_write_json(out / "index.json", index)
+    return index
+
+
+def _model_name(run: LoadedRun) -> str:
+    return str(run.metadata.get("model", type(run.model).__name__))
+
+
+def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dict[str, list[int]],
+               epochs: list[int], out: Path, *, evolution_maps: int, evolution_images: int, seed: int,
+               show_progress: bool) -> dict[str, str]:
+    """Fig. 4: per snapshot, re-run top-1 over a subset of the images and project each map's strongest.
+
+    Each projection is cut to the receptive field of its activation.
+    """
+    n = len(images.order)
+    g = torch.Generator().manual_seed(seed)
+    subset = sorted(torch.randperm(n, generator=g)[:max(1, evolution_images)].tolist())
+    x = images.inputs(images.pixels(subset))
+    maps = {layer: shown[layer][:max(1, evolution_maps)] for layer in layers}
+    per_layer: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    files = RunFiles(loaded.root)
+    for epoch in progress(epochs, desc="snapshots", unit="it", enabled=show_progress):
+        model, _ = load_model(files.snapshot(epoch))
+        top = top_activations(model, x.split(images.batch_size), layers, k=1)
+        deconv = Deconvnet(model)
+        for layer in layers:
+            proj = project_top_activations(deconv, top[layer], x, channels=maps[layer]).projections  # (M, 1, 3, H, W)
+            # Cut to the receptive field of the strongest activation, as the paper's Fig. 4 shows it.
+            rf = receptive_fields(deconv, tuple(x.shape[-2:]), in_channels=x.shape[1])[layer]
+            windows = rf.windows(top[layer].position[maps[layer], 0].clamp(min=0))
+            per_layer[layer].append(_cut(proj[:, 0], windows))  # (M, 3, h, w)
+    figures = {}
+    for layer in layers:
+        stacked = torch.stack(per_layer[layer], dim=1)  # (M, E, 3, H, W)
+        png = draw_evolution(stacked, epochs, maps[layer], out / f"evolution-{layer}.png", layer=layer)
+        figures[f"evolution-{layer}"] = png.name
+    return figures
+
+
+def _run_data(run: LoadedRun) -> str:
+    try:
+        return str(json.loads((run.root / "config.json").read_text())["data"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"no data given and {run.root}/config.json names none ({err})") from None
+
+
+def compare_architectures(run_a: str | Path, run_b: str | Path, out: str | Path, *, data: str | Path | None = None,
+                          split: str = "val", weights: str = "best", layer2: str = "conv2", maps: int = 16,
+                          max_images: int | None = 512, seed: int = 0, batch_size: int = 32,
+                          show_progress: bool = True) -> dict[str, Any]:
+    """Fig. 6: layer-1 filters and layer-2 features of two runs, with dead-filter fraction and aliasing.
+
+    Args:
+        run_a, run_b: run directories (e.g. an AlexNet and a ZFNet run).
+        out: the folder to write ``architectures.png`` and ``architectures.json`` into.
+        data: the data set's folder; default the one each run was trained on (its ``config.json``).
+        split: the split searched for the layer-2 features.
+        weights: ``best``, ``last`` or ``epoch-N`` of both runs.
+        layer2: the layer whose features are shown beside the filters.
+        maps: layer-2 maps shown (a seeded random subset; each its strongest projection).
+        max_images: search a seeded random subset of this many images (None: all).
+
+    Returns:
+        The contents of ``architectures.json``: ``{"runs": [{"run", "model", "dead_fraction", "aliasing",
+        "maps", "image_ids"}, ...], "png": "architectures.png", "definitions": {...}}``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    panels, rows = [], []
+    for run in (run_a, run_b):
+        loaded = load_run(run, weights)
+        model = loaded.model.eval()
+        _check_layers(model, [layer2])
+        images = _Images(loaded, data if data is not None else _run_data(loaded), split, max_images=max_images,
+                         seed=seed, batch_size=batch_size, show_progress=show_progress)
+        top = top_activations(model, images.pass_once(show_progress), layer2, k=1)[layer2]
+        chosen = _shown_maps(top.values.shape[0], maps, seed, layer2)
+        inputs = _inputs_of(images, [top], [chosen])
+        proj = project_top_activations(model, top, inputs.__getitem__, channels=chosen).projections[:, 0]
+        w = _first_conv(model).weight
+        dead, alias = dead_filter_fraction(w), aliasing(w)
+        name = _model_name(loaded)
+        panels.append({"name": name, "filters": w, "projections": proj, "dead_fraction": dead, "aliasing": alias})
+        ids = top.image_index[chosen, 0].tolist()
+        rows.append({"run": str(loaded.root), "model": name, "dead_fraction": dead, "aliasing": alias,
+                     "maps": chosen, "image_ids": [images.order[i] if i >= 0 else -1 for i in ids]})
+    png = draw_architecture_comparison(panels, out / "architectures.png")
+    result = {
+        "runs": rows, "png": png.name, "layer2": layer2,
+        "definitions": {
+            "dead_fraction": "fraction of layer-1 filters whose RMS is at most 10% of the layer's median filter RMS",
+            "aliasing": "mean over non-zero layer-1 filters of the fraction of DFT energy at frequencies with "
+                        "max(|fy|, |fx|) > 0.25 cycles/pixel (half Nyquist)",
+        },
+    }
+    atomic_write_json(out / "architectures.json", result)
+    return result

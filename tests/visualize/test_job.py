@@ -1,0 +1,128 @@
+"""The visualize job on a tiny trained run: PNGs that load, an index.json that matches top_activations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers.trees import make_tree
+from PIL import Image
+
+from zfnet.data.folders import open_dataset
+from zfnet.data.transforms import center_crop
+from zfnet.train import TrainConfig, load_run, train
+from zfnet.visualize import top_activations
+from zfnet.visualize.figures import aliasing, dead_filter_fraction
+from zfnet.visualize.job import compare_architectures, visualize_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two-epoch zfnet-tiny and alexnet-tiny runs (snapshots 1 and 2) on the ``tiny_tree`` data set."""
+    root = tmp_path_factory.mktemp("vis")
+    data = make_tree(root / "data", classes=3, per_class=8, val_per_class=4)
+    out = {}
+    for model in ("zfnet-tiny", "alexnet-tiny"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(data=str(data), out=str(root / model), model=model, epochs=2, batch_size=8, workers=0,
+                          snapshots=(1, 2))
+        train(cfg, show_progress=False)
+        out[model] = root / model
+    return data, out
+
+
+@pytest.fixture(scope="module")
+def visualized(runs, tmp_path_factory):
+    data, paths = runs
+    out = tmp_path_factory.mktemp("figs")
+    index = visualize_run(paths["zfnet-tiny"], data, maps=4, out=out, show_progress=False)
+    return data, paths["zfnet-tiny"], out, index
+
+
+def _png(path) -> Image.Image:
+    img = Image.open(path)
+    img.load()
+    assert img.format == "PNG"
+    return img
+
+
+def test_every_figure_is_written_and_loads(visualized):
+    _, _, out, index = visualized
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert set(index["figures"]) == ({f"top9-{la}" for la in layers} | {f"evolution-{la}" for la in layers}
+                                     | {"filters-conv1"})
+    for name in index["figures"].values():
+        img = _png(out / name)
+        assert img.width >= 300 and img.height >= 200, name
+    assert _png(out / "top9-conv3.png").width >= 1000  # four map pairs side by side
+    assert index["snapshots"] == [1, 2]
+
+
+def test_index_json_matches_top_activations(visualized):
+    data, run, out, index = visualized
+    assert json.loads((out / "index.json").read_text()) == index
+    loaded = load_run(run)
+    ds = open_dataset(data, "val", loaded.base_size, classes=loaded.classes)
+    assert index["images"] == len(ds) == 12
+    # An independent pass: every val image in data set order, mean subtracted, centre crop.
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    x = center_crop(x.float() - loaded.mean, loaded.input_size)
+    top = top_activations(loaded.model, x.split(5), list(index["layers"]), k=9)
+    for layer, maps in index["layers"].items():
+        assert len(maps) == 4
+        assert index["figures"][f"top9-{layer}"] == maps[next(iter(maps))]["png"]
+        for c, entry in maps.items():
+            c = int(c)
+            values = entry["values"]
+            assert len(values) == len(entry["image_ids"]) == len(entry["positions"]) == 9
+            assert values == sorted(values, reverse=True)
+            assert all(0 <= i < len(ds) for i in entry["image_ids"])
+            assert len(set(entry["image_ids"])) == 9  # one entry per image
+            # Same model, same inputs, different batching: equal up to float32 rounding.
+            torch.testing.assert_close(torch.tensor(values), top[layer].values[c], rtol=1e-4, atol=1e-4)
+            assert entry["image_ids"][0] == int(top[layer].image_index[c, 0])
+            assert entry["positions"][0] == top[layer].position[c, 0].tolist()
+
+
+def test_maps_subset_images_and_validation(runs, tmp_path):
+    data, paths = runs
+    index = visualize_run(paths["zfnet-tiny"], data, layers=["conv2"], maps=[1, 3], k=3, max_images=5,
+                          out=tmp_path, show_progress=False, evolution_images=4)
+    assert index["images"] == 5
+    assert list(index["layers"]["conv2"]) == ["1", "3"]
+    ids = {i for e in index["layers"]["conv2"].values() for i in e["image_ids"]}
+    assert len(ids) <= 5 and all(0 <= i < 12 for i in ids)
+    with pytest.raises(ValueError, match=r"unknown layer 'conv9'.*conv1"):
+        visualize_run(paths["zfnet-tiny"], data, layers=["conv9"], out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        visualize_run(paths["zfnet-tiny"], data, layers=["conv1"], maps=[99], out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="k must be"):
+        visualize_run(paths["zfnet-tiny"], data, k=0, out=tmp_path, show_progress=False)
+
+
+def test_compare_architectures(runs, tmp_path):
+    _, paths = runs
+    result = compare_architectures(paths["alexnet-tiny"], paths["zfnet-tiny"], tmp_path, maps=8,
+                                   show_progress=False)
+    assert json.loads((tmp_path / "architectures.json").read_text()) == result
+    img = _png(tmp_path / result["png"])
+    assert img.width >= 1000 and img.height >= 800
+    assert [r["model"] for r in result["runs"]] == ["alexnet-tiny", "zfnet-tiny"]
+    for row, name in zip(result["runs"], ("alexnet-tiny", "zfnet-tiny")):
+        w = load_run(paths[name]).model.conv1.conv.weight
+        assert row["dead_fraction"] == dead_filter_fraction(w)
+        assert row["aliasing"] == pytest.approx(aliasing(w))
+        assert 0 <= row["aliasing"] <= 1 and len(row["maps"]) == 8
+        assert all(0 <= i < 12 for i in row["image_ids"])
+
+
+def test_run_without_snapshots_has_no_evolution_figure(runs, tmp_path):
+    data, paths = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths["zfnet-tiny"], run, ignore=shutil.ignore_patterns("snapshots"))
+    index = visualize_run(run, data, layers=["conv1"], maps=2, out=tmp_path / "figs", show_progress=False)
+    assert index["snapshots"] == [] and set(index["figures"]) == {"top9-conv1", "filters-conv1"}
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["filters-conv1.png", "index.json",
+                                                                     "top9-conv1.png"]
