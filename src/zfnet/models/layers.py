@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._fast import contrast_norm
+
 __all__ = ["ContrastNorm", "init_paper_", "renormalize_filters_", "filter_rms"]
 
 
@@ -29,6 +31,11 @@ class ContrastNorm(nn.LocalResponseNorm):
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
         super().__init__(size=size, alpha=alpha, beta=beta, k=k)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # The same function as the parent's F.local_response_norm, computed as a banded matrix
+        # product over channels: several times faster, forward and backward (models/_fast.py).
+        return contrast_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
 @torch.no_grad()

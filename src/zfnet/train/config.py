@@ -43,7 +43,7 @@ class TrainConfig:
         workers: DataLoader worker processes (None: cores - 1).
         cache: keep decoded images in memory: ``auto``, ``memory`` or ``none``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        channels_last: channels-last memory format (None: where it helps).
+        channels_last: channels-last memory format (None: on CPU and CUDA, where it is faster).
     """
 
     data: str

@@ -16,6 +16,7 @@ from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import center_crop, ten_crops
 from ..errors import ZFNetError
+from ..models._fast import prepare_for_speed
 from ..progress import progress
 from .checkpoint import load_run
 
@@ -146,9 +147,9 @@ def evaluate_runs(runs: list[str | Path], data: str | Path, *, split: str = "val
             ds = open_dataset(data, split, run.base_size, layout=layout, classes=classes)
             stream = ImageStream(ds, workers=workers, cache="none", show_progress=show_progress)
             streams[run.base_size] = stream
-        model = run.model.to(device)
+        model = prepare_for_speed(run.model.to(device), train=False)
         probs, labels, idx = predict(model, stream, run.mean, input_size=run.input_size, ten_crop=ten_crop,
-                                     batch_size=batch_size, show_progress=show_progress,
+                                     batch_size=batch_size, show_progress=show_progress, channels_last=True,
                                      desc=f"evaluating {run.root.name}")
         if len(labels) == 0:
             raise ZFNetError(f"no readable images in {Path(data) / split}")

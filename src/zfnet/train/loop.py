@@ -26,6 +26,7 @@ from ..data.loader import ImageStream, mean_image
 from ..data.transforms import base_size, random_crops
 from ..errors import TrainingDiverged, ZFNetError
 from ..models import build, model_info, renormalize_filters_
+from ..models._fast import prepare_for_speed
 from ..progress import progress
 from . import distributed
 from .checkpoint import RunFiles, load_mean, load_state, save_mean, save_state, save_weights
@@ -119,7 +120,11 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
 
 def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show: bool) -> TrainResult:
     files = RunFiles(Path(config.out))
-    state = _check_run_dir(files, resume)
+    # Rank 0 alone judges the folder (the others would see the files it is about to write).
+    state = _check_run_dir(files, resume) if ctx.is_main else None
+    ctx.barrier()
+    if not ctx.is_main and resume and files.last.is_file():
+        state = load_state(files.last)
     input_size = _input_size(config)
     size = base_size(input_size)
     train_ds = open_dataset(config.data, "train", size, layout=config.layout)
@@ -144,9 +149,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     torch.manual_seed(config.seed)
     model = build(config.model, num_classes=len(train_ds.classes), **config.model_options)
     model.to(ctx.device)
-    channels_last = config.channels_last if config.channels_last is not None else ctx.device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    # Channels-last weights and inputs, and reused host memory: the measured fast path (docs/benchmarks.md).
+    channels_last = config.channels_last if config.channels_last is not None else ctx.device.type in ("cpu", "cuda")
+    prepare_for_speed(model, train=True, channels_last=channels_last)
     optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
