@@ -50,7 +50,7 @@ PLANS = {
     # on this data; 30 epochs of 125 steps leave room to learn after that.
     "full": DemoPlan(classes=10, per_class=400, val_per_class=50, image_size=128,
                      models=(("zfnet", "zfnet-cpu"), ("alexnet", "alexnet-cpu")), epochs=30, batch_size=32,
-                     lr_patience=3, snapshots=(1, 2, 5, 10, 20, 30)),
+                     lr_patience=2, snapshots=(1, 2, 5, 10, 20, 30)),
     "quick": DemoPlan(classes=4, per_class=24, val_per_class=8, image_size=72,
                       models=(("zfnet", "zfnet-tiny"), ("alexnet", "alexnet-tiny")), epochs=3, batch_size=16,
                       lr_patience=2, snapshots=(1, 2, 3)),
