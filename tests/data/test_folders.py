@@ -20,7 +20,7 @@ def test_image_folder_tree(tiny_tree):
     assert ds.classes == ["bar", "cross", "disc"]
     assert len(ds) == 24
     image, label, index, problem = ds[0]
-    assert image.shape == (3, 40, 40) and image.dtype == torch.uint8 and problem == ""
+    assert image.shape == (3, 40, 40) and image.dtype == torch.uint8 and problem is None
     val = open_dataset(tiny_tree, "val", 40, classes=ds.classes)
     assert len(val) == 12 and sorted(set(val.targets)) == [0, 1, 2]
 
@@ -73,6 +73,7 @@ def test_bad_files_are_skipped_with_a_warning_each(tmp_path, caplog):
     assert sum(len(b.images) for b in batches) == 8
     assert set(stream.bad_files) == {"train/bar/empty.jpg", "train/bar/text.png", "train/disc/truncated.png"}
     assert stream.bad_files["train/bar/empty.jpg"] == "empty file"
+    assert ds[[p.name for p, _ in ds.samples].index("text.png")][3][0] == "train/bar/text.png"
     text = caplog.text
     for name in ("empty.jpg", "text.png", "truncated.png", "notes.txt", "empty_class"):
         assert name in text

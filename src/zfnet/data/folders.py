@@ -71,8 +71,9 @@ class ImageFolder(Dataset):
         size: base size the images are resized and centre-cropped to.
         root: folder the paths are shown relative to in messages.
 
-    ``dataset[i]`` is ``(image (3, size, size) uint8 or None, label, index, reason)``; ``image`` is
-    ``None`` and ``reason`` says why when the file cannot be read. Use :func:`collate` in a DataLoader.
+    ``dataset[i]`` is ``(image (3, size, size) uint8 or None, label, index, problem)``; when the file
+    cannot be read, ``image`` is ``None`` and ``problem`` is ``(path, reason)``, else ``problem`` is
+    ``None``. Use :func:`collate` in a DataLoader.
     """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], size: int,
@@ -102,12 +103,12 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            return load_image(path, self.size), label, index, ""
+            return load_image(path, self.size), label, index, None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             reason = str(err) or type(err).__name__
             if path.exists() and path.stat().st_size == 0:
                 reason = "empty file"
-            return None, label, index, f"{self.display_path(path)}: {reason}"
+            return None, label, index, (self.display_path(path), reason)
 
     def note_bad(self, bad: Sequence[tuple[str, str]]) -> None:
         """Record and warn, once per file, about files that could not be read."""
@@ -124,11 +125,7 @@ class ImageFolder(Dataset):
 def collate(items) -> Batch:
     """Collate ``ImageFolder`` items, leaving out the unreadable ones (listed in ``Batch.bad``)."""
     good = [it for it in items if it[0] is not None]
-    bad = []
-    for image, _, _, reason in items:
-        if image is None:
-            path, _, why = reason.partition(": ")
-            bad.append((path, why))
+    bad = [problem for image, _, _, problem in items if image is None]
     if good:
         images = torch.stack([it[0] for it in good])
     else:
