@@ -42,6 +42,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch._inductor.config as inductor_config
 
         inductor_config.force_disable_caches = True
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
 
     torch.manual_seed(0)
     size = model_info(args.model).input_size

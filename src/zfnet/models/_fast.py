@@ -174,9 +174,9 @@ def prepare_for_speed(model: nn.Module, *, train: bool, channels_last: bool | No
     (``ContrastNorm.forward`` uses :func:`contrast_norm`).
 
     Measured on ZFNet at 224 px, batch 64, fp32, 2 CPU cores (``docs/benchmarks.md``): a training
-    step goes from 36% to 66% of the machine's matmul peak and inference from 28% to 66%.
-    ``torch.compile`` is off by default: on that CPU it makes training about 30% slower and
-    inference 4-13% faster, after compiles of 4-11 s per mode and batch shape.
+    step goes from 36-41% to 65-70% of the machine's matmul peak and inference from 28-33% to
+    66-71%. ``torch.compile`` is off by default: on that CPU it makes training about 30% slower
+    and inference 4-14% faster, after compiles of 5-15 s per mode and batch shape.
 
     Args:
         model: a ZFNet-family network (any ``nn.Module`` works).
