@@ -64,13 +64,13 @@ def init_paper_(model: nn.Module, std: float = 1e-2) -> nn.Module:
     return model
 
 
-def filter_rms(conv: nn.Conv2d) -> torch.Tensor:
-    """RMS of each filter of ``conv``: ``sqrt(mean(w ** 2))`` over (in, kh, kw).
+def filter_rms(conv: nn.Conv2d | torch.Tensor) -> torch.Tensor:
+    """RMS of each filter of a conv layer (or of its weight tensor): ``sqrt(mean(w ** 2))`` over (in, kh, kw).
 
     Shape:
         returns (out_channels,)
     """
-    w = conv.weight
+    w = conv.weight if isinstance(conv, nn.Module) else conv
     return w.detach().pow(2).mean(dim=tuple(range(1, w.dim()))).sqrt()
 
 
@@ -104,7 +104,7 @@ def renormalize_filters_(model: nn.Module, max_rms: float = 0.1) -> int:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             w = module.weight
-            rms = w.pow(2).mean(dim=tuple(range(1, w.dim())), keepdim=True).sqrt()
+            rms = filter_rms(w).view(-1, *([1] * (w.dim() - 1)))
             scale = torch.where(rms > max_rms, max_rms / rms, torch.ones_like(rms))
             rescaled += int((rms > max_rms).sum())
             w.mul_(scale)

@@ -23,6 +23,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..models.layers import filter_rms
+
 __all__ = [
     "normalize_projection", "tile", "filter_rms", "dead_filter_fraction", "aliasing",
     "draw_top_projections", "draw_filters", "draw_evolution", "draw_architecture_comparison",
@@ -86,13 +88,6 @@ def tile(images: torch.Tensor, ncol: int | None = None, pad: int = 1, fill: floa
     return out
 
 
-def filter_rms(weights: torch.Tensor) -> torch.Tensor:
-    """Root mean square of each filter. Shape: (C_out, C_in, kh, kw) -> (C_out,)."""
-    if weights.dim() != 4:
-        raise ValueError(f"expected conv weights (C_out, C_in, kh, kw), got shape {tuple(weights.shape)}")
-    return weights.detach().double().pow(2).mean(dim=(1, 2, 3)).sqrt()
-
-
 def dead_filter_fraction(weights: torch.Tensor, threshold: float = DEAD_RMS_FRACTION) -> float:
     """Fraction of "dead" filters: RMS at most ``threshold`` times the layer's median filter RMS.
 
@@ -105,7 +100,9 @@ def dead_filter_fraction(weights: torch.Tensor, threshold: float = DEAD_RMS_FRAC
     """
     if not 0 <= threshold:
         raise ValueError(f"threshold must be non-negative, got {threshold}")
-    rms = filter_rms(weights)
+    if weights.dim() != 4:
+        raise ValueError(f"expected conv weights (C_out, C_in, kh, kw), got shape {tuple(weights.shape)}")
+    rms = filter_rms(weights.double())
     return float((rms <= threshold * rms.median()).double().mean())
 
 
