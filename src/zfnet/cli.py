@@ -169,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
                        help="another run (e.g. AlexNet) for the Fig. 6 comparison")
 
+    # analyses (occlusion, correspondence, invariance): each adds its parser here
+
+    # experiment: the paper's Tables 2-7, one action each
+    p_exp = sub.add_parser("experiment", help="the paper's experiments: ablations, ensembles, transfer, probes",
+                           formatter_class=_Formatter)
+    exp_sub = p_exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", parser_class=_Parser)
+    exp_sub.required = True
+    # each experiment adds its parser to exp_sub here, and its function to _EXPERIMENTS
+
+    # report
+
     # demo
     p_demo = sub.add_parser("demo", help="from nothing to a trained ZFNet on the synthetic data",
                             formatter_class=_Formatter)
@@ -328,8 +339,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# experiment name -> function(args) -> exit status
+_EXPERIMENTS: dict[str, Any] = {}
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    return _EXPERIMENTS[args.experiment_command](args)
+
+
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
-             "visualize": _cmd_visualize, "demo": _cmd_demo}
+             "visualize": _cmd_visualize, "experiment": _cmd_experiment,
+             "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
