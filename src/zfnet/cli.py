@@ -170,6 +170,78 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another run (e.g. AlexNet) for the Fig. 6 comparison")
 
     # analyses (occlusion, correspondence, invariance): each adds its parser here
+    p_occ = sub.add_parser("occlusion", help="occlusion sensitivity of a run: the paper's Fig. 7 panels",
+                           formatter_class=_Formatter,
+                           description="Slide a grey square over each image and map (b) the total activity of the "
+                           "strongest feature map of --layer, (c) its projection, (d) the true class's probability "
+                           "and (e) the most probable class. Exact incremental inference: only the part of each "
+                           "layer the occluder reaches is recomputed. With --data, one image per class and, with "
+                           "--pointing-game, how often the most sensitive position falls in the object's box.")
+    p_occ.add_argument("run", type=Path, help="run directory")
+    src = p_occ.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, nargs="+", default=None, metavar="IMG", help="image files")
+    src.add_argument("--data", type=Path, default=None, help="data folder: one seeded image per class of --split")
+    p_occ.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and occlusion.json")
+    p_occ.add_argument("--target", default=None,
+                       help="class to map, name or index (default: the image's folder's class, else the prediction)")
+    p_occ.add_argument("--window", type=_positive_int, default=None,
+                       help="occluder side in pixels (default: 32 at 224 px input, in proportion)")
+    p_occ.add_argument("--stride", type=_positive_int, default=None, help="occluder step (default: window / 4)")
+    p_occ.add_argument("--layer", default="conv5", help="layer of panels (b) and (c)")
+    p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate"),
+                       help="exact, or approximate (projective fields capped at --cap; reports its SSIM)")
+    p_occ.add_argument("--cap", type=float, default=0.5, help="approximate mode: largest share of a map recomputed")
+    p_occ.add_argument("--images", type=_positive_int, default=10, help="with --data: images shown")
+    p_occ.add_argument("--split", default="val", help="with --data: split folder")
+    p_occ.add_argument("--pointing-game", type=_positive_int, default=None, metavar="N",
+                       help="with --data: play the pointing game on up to N images (needs annotations.json)")
+    p_occ.add_argument("--weights", default="best", help="best, last or epoch-N")
+    p_occ.add_argument("--batch-size", type=_positive_int, default=64, help="occluder positions per batch")
+    p_occ.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
+    p_corr = sub.add_parser("correspondence", help="correspondence of object parts: Δ per occluded part (Table 1)",
+                            formatter_class=_Formatter,
+                            description="Occlude the same part (eye, nose) in every annotated image, and random "
+                            "regions of the same size, and measure how consistently the features change: "
+                            "Δ = mean normalised Hamming distance between the signs of the feature differences "
+                            "of pairs of images (the paper's Table 1). Writes correspondence.png and .json.")
+    p_corr.add_argument("run", type=Path, help="run directory")
+    p_corr.add_argument("--data", type=Path, required=True, help="data folder the annotated image paths are in")
+    p_corr.add_argument("--out", type=Path, required=True, help="output folder")
+    p_corr.add_argument("--annotations", type=Path, default=None,
+                        help="part-annotation JSON (default: DATA/annotations.json)")
+    p_corr.add_argument("--parts", type=_csv_names, default=("right_eye", "left_eye", "nose"),
+                        help="parts to occlude, comma-separated (default: right_eye,left_eye,nose)")
+    p_corr.add_argument("--layers", type=_csv_names, default=("conv5", "fc7"),
+                        help="layers compared, comma-separated (default: conv5,fc7)")
+    p_corr.add_argument("--images", type=_positive_int, default=5, help="annotated images used, a seeded choice")
+    p_corr.add_argument("--trials", type=int, default=10, help="draws of random regions per part (the control)")
+    p_corr.add_argument("--split", default="val", help="use images under DATA/SPLIT/ only; 'all' for every one")
+    p_corr.add_argument("--weights", default="best", help="best, last or epoch-N")
+    p_corr.add_argument("--seed", type=int, default=0, help="seed of the choice of images and random regions")
+    p_corr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p_inv = sub.add_parser("invariance", help="feature invariance to translation, scale and rotation (Fig. 5)",
+                           formatter_class=_Formatter,
+                           description="Translate vertically, scale and rotate images; plot the normalised "
+                           "distance of the features at two layers to the original's, and P(true class), one "
+                           "line per image (the paper's Fig. 5). Writes invariance.png and invariance.json.")
+    p_inv.add_argument("run", type=Path, help="run directory")
+    p_inv.add_argument("--data", type=Path, required=True, help="data folder")
+    p_inv.add_argument("--out", type=Path, required=True, help="output folder")
+    p_inv.add_argument("--layers", type=_csv_names, default=("conv1", "fc7"),
+                       help="layers compared, comma-separated (default: conv1,fc7)")
+    p_inv.add_argument("--images", type=_positive_int, default=5, help="images, of different classes where possible")
+    p_inv.add_argument("--split", default="val", help="split folder the images come from")
+    p_inv.add_argument("--transforms", type=_csv_names, default=("translation", "scale", "rotation"),
+                       help="transformations (default: translation,scale,rotation)")
+    p_inv.add_argument("--shifts", type=_csv_floats, default=None,
+                       help="vertical shifts in pixels, e.g. --shifts=-20,0,20 (default: 13 steps up to a "
+                       "quarter of the input)")
+    p_inv.add_argument("--scales", type=_csv_floats, default=None, help="scale factors (default: 1.0,1.1,...,1.8)")
+    p_inv.add_argument("--angles", type=_csv_floats, default=None, help="rotations in degrees (default: 0,10,...,360)")
+    p_inv.add_argument("--weights", default="best", help="best, last or epoch-N")
+    p_inv.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
+    p_inv.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # experiment: the paper's Tables 2-7, one action each
     p_exp = sub.add_parser("experiment", help="the paper's experiments: ablations, ensembles, transfer, probes",
@@ -177,8 +249,123 @@ def build_parser() -> argparse.ArgumentParser:
     exp_sub = p_exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", parser_class=_Parser)
     exp_sub.required = True
     # each experiment adds its parser to exp_sub here, and its function to _EXPERIMENTS
+    p_tr = exp_sub.add_parser(
+        "transfer", help="a new softmax on a run's frozen layers 1-7 vs training from scratch (Tables 4-6)",
+        formatter_class=_Formatter,
+        description="Caltech protocol (caltech101, caltech256, folders): for each --per-class N and each of "
+        "--splits random splits, N training images per class and the rest (capped) for testing; a softmax on "
+        "the frozen fc7 features, and the same architecture trained from scratch on the same images. "
+        "voc2012: one-vs-all classifiers trained on VOC train, average precision on val. Writes "
+        "OUT/transfer.json, .md, .csv and .png beside the paper's Tables 4-6. Run the same command again to "
+        "resume an interrupted experiment.")
+    p_tr.add_argument("run", type=Path, help="the pretrained run directory")
+    p_tr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
+    p_tr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "voc2012", "folders"),
+                      help="data layout (folders: train/ and val/ class folders, pooled)")
+    p_tr.add_argument("--out", type=Path, required=True, help="output folder")
+    p_tr.add_argument("--per-class", type=_csv_ints, default="15,30",
+                      help="training images per class, comma-separated")
+    p_tr.add_argument("--splits", type=_positive_int, default=5, help="random train/test splits per --per-class")
+    p_tr.add_argument("--seed", type=int, default=0, help="seed of the splits and the from-scratch training")
+    p_tr.add_argument("--test-cap", type=_positive_int, default=None,
+                      help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
+    p_tr.add_argument("--no-baseline", action="store_true", help="skip training the architecture from scratch")
+    p_tr.add_argument("--scratch-steps", type=_positive_int, default=600,
+                      help="SGD steps of each from-scratch training")
+    p_tr.add_argument("--scratch-batch-size", type=_positive_int, default=32, help="images per from-scratch step")
+    p_tr.add_argument("--scratch-lr", type=float, default=1e-2, help="from-scratch learning rate (/10 after 3/4)")
+    p_tr.add_argument("--l2", type=_l2_arg, default=None,
+                      help="softmax L2 penalty: a number, cv (3-fold cross-validation on the training images), "
+                      "or None: 1/N for N training images")
+    p_tr.add_argument("--layer", default="fc7", help="the frozen layer the softmax reads")
+    p_tr.add_argument("--include-background", action="store_true",
+                      help="keep Caltech-101's BACKGROUND_Google / Caltech-256's 257.clutter as a class")
+    _feature_flags(p_tr)
+
+    p_pr = exp_sub.add_parser(
+        "probes", help="a linear SVM and a softmax on each layer's frozen features (Table 7)",
+        formatter_class=_Formatter,
+        description="Features of conv1 ... conv5 (average-pooled to --grid x --grid), fc6 and fc7 are extracted "
+        "once per image and cached; a linear SVM and a softmax per layer are trained on --per-class images per "
+        "class and tested on the rest, over --splits random splits. Writes OUT/probes.json, .md, .csv and a "
+        "plot of accuracy against depth (probes.png) beside the paper's Table 7.")
+    p_pr.add_argument("run", type=Path, help="the pretrained run directory")
+    p_pr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
+    p_pr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "folders"),
+                      help="data layout (folders: train/ and val/ class folders, pooled)")
+    p_pr.add_argument("--out", type=Path, required=True, help="output folder")
+    p_pr.add_argument("--per-class", type=_positive_int, default=30,
+                      help="training images per class (the paper: 30 Caltech-101, 60 Caltech-256)")
+    p_pr.add_argument("--splits", type=_positive_int, default=5, help="random train/test splits")
+    p_pr.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    p_pr.add_argument("--test-cap", type=_positive_int, default=None,
+                      help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
+    p_pr.add_argument("--layers", type=_csv_names, default="conv1,conv2,conv3,conv4,conv5,fc6,fc7",
+                      help="layers to probe, comma-separated, in order of depth")
+    p_pr.add_argument("--classifiers", type=_csv_names, default="svm,softmax", help="svm and/or softmax")
+    p_pr.add_argument("--grid", type=_positive_int, default=4, help="conv maps are pooled to GRID x GRID")
+    p_pr.add_argument("--pool", default="avg", choices=("avg", "max"), help="pooling of the conv maps")
+    p_pr.add_argument("--l2", type=_l2_arg, default=None,
+                      help="classifiers' L2 penalty: a number, cv (3-fold cross-validation on the training "
+                      "images), or None: 1/N for N training images")
+    p_pr.add_argument("--include-background", action="store_true",
+                      help="keep Caltech-101's BACKGROUND_Google / Caltech-256's 257.clutter as a class")
+    _feature_flags(p_pr)
+    p_abl = exp_sub.add_parser(
+        "ablation", help="train layer and width variants of a model and tabulate their errors (Table 3)",
+        formatter_class=_Formatter,
+        description="Train each variant with the same recipe in OUT/runs/VARIANT and write OUT/ablation.json, "
+        ".md and .csv: train top-1, val top-1 and val top-5 error beside the paper's Table 3. Variants: base, "
+        "no-conv3-4, no-fc7, no-fc6-7, fc-half, fc-double, conv-wide, or several joined by '+' "
+        "(no-conv3-4+no-fc6-7). Widths are the paper's on zfnet/alexnet and scale in proportion on the "
+        "CPU-size models. Run the same command again to resume an interrupted study.")
+    p_abl.add_argument("--data", type=Path, required=True, help="data folder with train/ and val/")
+    p_abl.add_argument("--out", type=Path, required=True, help="the study's folder")
+    p_abl.add_argument("--base", default="zfnet", choices=list_models(), metavar="NAME",
+                       help=f"model the variants change: {', '.join(list_models())}")
+    p_abl.add_argument("--variants", type=_csv_names, default=None,
+                       help="comma-separated variants (default: the paper's nine rows)")
+    p_abl.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="epochs per variant")
+    p_abl.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per SGD step")
+    p_abl.add_argument("--lr", type=float, default=defaults.lr, help="initial learning rate")
+    p_abl.add_argument("--lr-patience", type=int, default=defaults.lr_patience,
+                       help="epochs without improvement before the lr drops")
+    p_abl.add_argument("--seed", type=int, default=0, help="seed of every variant's run")
+    p_abl.add_argument("--weights", default="last", choices=("last", "best"),
+                       help="weights evaluated: last epoch's, or lowest validation error's")
+    p_abl.add_argument("--ten-crop", action="store_true", help="validation error over the paper's 10 crops")
+    p_abl.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
+    p_abl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p_abl.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bars")
+
+    p_ens = exp_sub.add_parser(
+        "ensemble", help="error of each run and of their averaged softmax (Table 2)", formatter_class=_Formatter,
+        description="Each run alone, each architecture's ensemble when the runs mix several, and all runs "
+        "combined; writes OUT/ensemble.json, .md and .csv beside the paper's Table 2.")
+    p_ens.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (two or more to ensemble)")
+    p_ens.add_argument("--data", type=Path, required=True, help="data folder")
+    p_ens.add_argument("--out", type=Path, default=Path("zfnet-ensemble"), help="folder for the tables")
+    p_ens.add_argument("--split", default="val", help="split folder to evaluate on")
+    p_ens.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
+    p_ens.add_argument("--weights", default="best", help="best, last or epoch-N")
+    p_ens.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
+    p_ens.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
+    p_ens.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
+    p_ens.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p_ens.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # report
+    p_report = sub.add_parser("report", help="the static HTML report of saved results (recomputes nothing)",
+                              formatter_class=_Formatter,
+                              description="Build a self-contained static site (open OUT/index.html from the file "
+                              "system, no network) from what zfnet's commands saved: run directories, visualize "
+                              "output, evaluations and analysis JSON. Folders are searched a few levels down, so "
+                              "a demo folder is enough. Re-running updates the report in place.")
+    p_report.add_argument("sources", type=Path, nargs="+", metavar="RESULTS",
+                          help="demo folders, run directories, visualize or analysis output, or JSON files")
+    p_report.add_argument("--out", type=Path, required=True,
+                          help="report folder: new, empty, or an earlier report's (required)")
+    p_report.add_argument("--title", default="ZFNet report", help="the report's title")
 
     # demo
     p_demo = sub.add_parser("demo", help="from nothing to a trained ZFNet on the synthetic data",
@@ -339,8 +526,169 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _cmd_correspondence(args: argparse.Namespace) -> int:
+    from .analysis.jobs import correspondence_job
+
+    record = correspondence_job(args.run, args.data, args.out, parts=args.parts, layers=args.layers,
+                                images=args.images, random_trials=args.trials,
+                                split=None if args.split == "all" else args.split, annotations=args.annotations,
+                                weights=args.weights, seed=args.seed, show_progress=not args.quiet)
+    table = record["report"]["tables"][0]
+    print("  ".join(f"{c:>16}" if i else f"{c:<12}" for i, c in enumerate(table["columns"])))
+    for row in table["rows"]:
+        print("  ".join(f"{c:>16}" if i else f"{c:<12}" for i, c in enumerate(row)))
+    for layer, f in record["finding"].items():
+        shown = "shows" if f["all_parts_below_random"] else "does not show"
+        spread = record["delta"]["random"][layer]["std"]
+        print(f"{layer}: {len(f['parts_below_random'])}/{len(record['parts'])} parts below random (random minus "
+              f"mean part {f['random_minus_mean_part']:+.3f}, std over pairs {spread:.3f}): the model {shown} "
+              "the paper's finding there")
+    print(f"correspondence.png and correspondence.json in {args.out} ({len(record['images'])} images)")
+    return 0
+
+
+def _cmd_invariance(args: argparse.Namespace) -> int:
+    from .analysis.jobs import invariance_job
+
+    steps = {t: v for t, v in (("translation", args.shifts), ("scale", args.scales), ("rotation", args.angles))
+             if v is not None}
+    record = invariance_job(args.run, args.data, args.out, layers=args.layers, images=args.images,
+                            split=args.split, transforms=args.transforms, steps=steps, weights=args.weights,
+                            seed=args.seed, show_progress=not args.quiet)
+    table = record["report"]["tables"][0]
+    print("  ".join(f"{c:>14}" for c in table["columns"]))
+    for row in table["rows"]:
+        print("  ".join(f"{c:>14}" for c in row))
+    print(f"invariance.png and invariance.json in {args.out} ({len(record['images'])} images)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    index = build_report(args.sources, args.out, title=args.title)
+    print(f"report written to {index}")
+    return 0
+
+
+def _exp_ablation(args: argparse.Namespace) -> int:
+    from .analysis.ablation import PAPER_VARIANTS, ablation_study
+
+    result = ablation_study(args.data, args.out, base=args.base, variants=args.variants or PAPER_VARIANTS,
+                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            train_options={"lr_patience": args.lr_patience}, weights=args.weights,
+                            ten_crop=args.ten_crop, workers=args.workers, device=args.device,
+                            show_progress=not args.quiet)
+    print(result)
+    print(result.summary())
+    print(f"tables in {', '.join(str(p) for p in result.files.values())}; runs in {args.out / 'runs'}")
+    return 0
+
+
+def _exp_ensemble(args: argparse.Namespace) -> int:
+    from .analysis.ensemble import ensemble_study
+    from .train.distributed import resolve_device
+
+    result = ensemble_study(args.runs, args.data, args.out, split=args.split, ten_crop=args.ten_crop,
+                            weights=args.weights, layout=args.layout, workers=args.workers,
+                            batch_size=args.batch_size, device=resolve_device(args.device),
+                            show_progress=not args.quiet)
+    print(result)
+    print(result.summary())
+    print(f"tables in {', '.join(str(p) for p in result.files.values())}")
+    return 0
+
+
+def _cmd_occlusion(args: argparse.Namespace) -> int:
+    from .analysis.occlusion_job import occlusion_job
+
+    target = args.target
+    result = occlusion_job(args.run, args.out, images=args.image or (), data=args.data, n_images=args.images,
+                           split=args.split, target=target, window=args.window, stride=args.stride,
+                           layer=args.layer, mode=args.mode, cap=args.cap, pointing=args.pointing_game,
+                           batch_size=args.batch_size, weights=args.weights, seed=args.seed)
+    for r in result["images"]:
+        inside = "" if r["most_sensitive_in_box"] is None else (
+            ", in the object's box" if r["most_sensitive_in_box"] else ", outside the object's box")
+        print(f"{r['image']}: p({r['target_name']}) {r['clean_prob']:.3f} unoccluded, {r['min_prob']:.3f} at its "
+              f"lowest{inside}")
+    game = result["pointing_game"]
+    if game and game["images"]:
+        print(f"pointing game: {game['hits']}/{game['images']} = {100 * game['fraction']:.1f}% of the correctly "
+              f"classified images")
+    print(f"figures and occlusion.json in {args.out}")
+    return 0
+
+
+def _l2_arg(text: str) -> float | str:
+    if text == "cv":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or cv, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _feature_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", type=Path, default=None,
+                   help="feature cache folder, which transfer and probes can share; None: OUT/features")
+    p.add_argument("--weights", default="best", help="the run's weights: best, last or epoch-N")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=None, help="data loading processes; None: cores - 1")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _exp_transfer(args: argparse.Namespace) -> int:
+    from .analysis.transfer import ScratchRecipe, run_transfer
+    from .train import load_run
+    from .train.distributed import resolve_device
+
+    recipe = ScratchRecipe(steps=args.scratch_steps, batch_size=args.scratch_batch_size, lr=args.scratch_lr)
+    result = run_transfer(load_run(args.run, args.weights), args.data, args.out, layout=args.layout,
+                          per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
+                          baseline=not args.no_baseline, recipe=recipe, l2=args.l2, layer=args.layer,
+                          include_background=args.include_background, features_dir=args.features,
+                          batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
+                          show_progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _exp_probes(args: argparse.Namespace) -> int:
+    from .analysis.probes import run_probes
+    from .train import load_run
+    from .train.distributed import resolve_device
+
+    result = run_probes(load_run(args.run, args.weights), args.data, args.out, layout=args.layout,
+                        per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
+                        layers=args.layers, classifiers=args.classifiers, grid=args.grid, pool=args.pool,
+                        l2=args.l2, include_background=args.include_background, features_dir=args.features,
+                        batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
+                        show_progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
 # experiment name -> function(args) -> exit status
 _EXPERIMENTS: dict[str, Any] = {}
+_EXPERIMENTS["transfer"] = _exp_transfer
+_EXPERIMENTS["probes"] = _exp_probes
+_EXPERIMENTS["ablation"] = _exp_ablation
+_EXPERIMENTS["ensemble"] = _exp_ensemble
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -349,7 +697,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
              "visualize": _cmd_visualize, "experiment": _cmd_experiment,
-             "demo": _cmd_demo}
+             "occlusion": _cmd_occlusion, "correspondence": _cmd_correspondence, "invariance": _cmd_invariance,
+             "report": _cmd_report, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

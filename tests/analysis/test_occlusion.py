@@ -11,6 +11,15 @@ from zfnet.models import build
 from zfnet.visualize import Deconvnet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one intra-op thread is faster than several, and much faster on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _kaiming_(model: nn.Module) -> nn.Module:
     """Weights with a spread that makes the outputs depend strongly on the input (the paper's
     N(0, 1e-2) initialisation gives nearly constant outputs in an untrained network)."""

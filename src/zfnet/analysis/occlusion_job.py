@@ -1,0 +1,307 @@
+"""``zfnet occlusion``: the paper's Fig. 7 for images of a run, and the pointing game on ground truth.
+
+:func:`occlusion_job` loads a run, runs :func:`zfnet.analysis.occlusion.occlusion` on each image
+(given files, or a seeded choice of one validation image per class of a data folder), draws the
+paper's panels and writes ``occlusion.json``. With a synthetic data folder (or any folder whose
+``annotations.json`` gives object boxes) it also plays the *pointing game*: over the correctly
+classified validation images, how often the occluder position that lowers the true class's
+probability most has its centre inside the object's box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_json
+from ..data.folders import open_dataset
+from ..data.transforms import center_crop, load_image
+from ..errors import ZFNetError
+from ..progress import progress
+from ..train.checkpoint import LoadedRun, load_run
+from ..visualize.deconvnet import Deconvnet
+from ..visualize.occlusion_figure import draw_occlusion
+from .jobs import map_box, read_part_annotations
+from .occlusion import MODES, OcclusionResult, occlusion
+
+__all__ = ["occlusion_job", "pointing_game", "default_window"]
+
+
+def default_window(input_size: int) -> tuple[int, int]:
+    """The occluder (side, step) for an input size: 32 and 8 pixels at the paper's 224, in proportion.
+
+    Example:
+        >>> default_window(224), default_window(112)
+        ((32, 8), (16, 4))
+    """
+    window = max(1, round(input_size * 32 / 224))
+    return window, max(1, window // 4)
+
+
+def _find_annotations(path: Path) -> tuple[Path, str] | None:
+    """The ``annotations.json`` of a data folder above ``path`` and ``path`` relative to that folder."""
+    for parent in list(path.resolve().parents)[:4]:
+        candidate = parent / "annotations.json"
+        if candidate.is_file():
+            return candidate, path.resolve().relative_to(parent).as_posix()
+    return None
+
+
+class _Boxes:
+    """Object boxes from annotation files, mapped into a run's input pixels."""
+
+    def __init__(self, base: int, crop: int) -> None:
+        self.base, self.crop = base, crop
+        self.files: dict[Path, dict[str, dict[str, Any]]] = {}
+
+    def of(self, path: Path) -> list[int] | None:
+        found = _find_annotations(path)
+        if found is None:
+            return None
+        file, rel = found
+        if file not in self.files:
+            try:
+                self.files[file] = read_part_annotations(file)
+            except ZFNetError:
+                self.files[file] = {}
+        entry = self.files[file].get(rel)
+        if not entry or entry.get("box") is None:
+            return None
+        from PIL import Image
+
+        with Image.open(path) as img:
+            size = img.size
+        return map_box(entry["box"], size, self.base, self.crop)
+
+
+def _input(loaded: LoadedRun, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model input (3, S, S), displayed crop (3, S, S) uint8) of an image file."""
+    try:
+        img = load_image(path, loaded.base_size)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ZFNetError(f"cannot read image {path}: {err}") from None
+    device = next(loaded.model.parameters()).device
+    x = center_crop(img[None].float() - loaded.mean, loaded.input_size)[0].to(device)
+    return x, center_crop(img[None], loaded.input_size)[0]
+
+
+def _target(loaded: LoadedRun, path: Path, target: str | int | None, x: torch.Tensor) -> tuple[int, int | None]:
+    """(class to map, true label if the image's folder names a class of the run)."""
+    label = loaded.classes.index(path.parent.name) if path.parent.name in loaded.classes else None
+    if target is None:
+        if label is not None:
+            return label, label
+        with torch.no_grad():
+            return int(loaded.model.eval()(x[None]).argmax()), None
+    if isinstance(target, str) and not target.lstrip("-").isdigit():
+        names = {n: i for i, n in enumerate(loaded.classes)} | {n: i for i, n in enumerate(loaded.class_names)}
+        if target not in names:
+            raise ZFNetError(f"unknown class {target!r}; the run's classes: {', '.join(loaded.classes)}")
+        return names[target], label
+    index = int(target)
+    if not 0 <= index < len(loaded.classes):
+        raise ZFNetError(f"class index {index} is out of range (the run has {len(loaded.classes)} classes)")
+    return index, label
+
+
+def _grid(t: torch.Tensor, digits: int = 5) -> list[list[float]]:
+    return [[round(float(v), digits) for v in row] for row in t]
+
+
+def _inside(point: tuple[int, int], box: Sequence[int]) -> bool:
+    r, c = point
+    x0, y0, x1, y1 = box
+    return x0 <= c < x1 and y0 <= r < y1
+
+
+def _record(result: OcclusionResult, shown: str, loaded: LoadedRun, label: int | None,
+            box: list[int] | None, figure: str) -> dict[str, Any]:
+    point = result.most_sensitive()
+    return {
+        "image": shown, "label": loaded.class_names[label] if label is not None else None,
+        "target": result.target, "target_name": loaded.class_names[result.target], "box": box,
+        "channel": result.channel, "layer": result.layer, "clean_prob": round(result.clean_prob, 6),
+        "min_prob": round(float(result.prob_true.min()), 6), "most_sensitive": list(point),
+        "most_sensitive_in_box": _inside(point, box) if box is not None else None,
+        "prob_true": _grid(result.prob_true), "top_class": result.top_class.tolist(),
+        "activity": _grid(result.activity, 4), "ssim": result.ssim, "figure": figure,
+    }
+
+
+def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str = "val", window: int | None = None,
+                  stride: int | None = None, max_images: int | None = None, mode: str = "exact",
+                  batch_size: int = 64, weights: str = "best", show_progress: bool = True) -> dict[str, Any]:
+    """The pointing game: does the most sensitive occluder position fall inside the object's box?
+
+    For every image of ``split`` (the first ``max_images``, in class order, spread over the classes)
+    that the model classifies correctly on its own, the occluder whose position lowers the true
+    class's probability most is found; a *hit* is when that occluder's centre lies inside the
+    object's box (from ``DATA/annotations.json``, mapped to the input crop).
+
+    Returns:
+        ``{"images": correctly classified images scored, "hits": ..., "fraction": hits / images,
+        "skipped_wrong": misclassified images, "window": ..., "stride": ...}``.
+
+    Raises:
+        ZFNetError: no ``annotations.json`` with boxes in ``data``.
+    """
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
+    model = loaded.model.eval()
+    dwin, dstride = default_window(loaded.input_size)
+    window, stride = window or dwin, stride or dstride
+    annotations = Path(data) / "annotations.json"
+    if not annotations.is_file():
+        raise ZFNetError(f"{data} has no annotations.json with object boxes; the pointing game needs them")
+    dataset = open_dataset(data, split, loaded.base_size, classes=loaded.classes)
+    order = _spread(dataset.targets, max_images)
+    boxes = _Boxes(loaded.base_size, loaded.input_size)
+    deconv = Deconvnet(model)
+    hits = scored = wrong = 0
+    bar = progress(total=len(order), desc="pointing game", unit="img", enabled=show_progress)
+    with bar:
+        for index in order:
+            path, label = dataset.samples[index]
+            bar.update(1)
+            box = boxes.of(path)
+            if box is None:
+                continue
+            x, _ = _input(loaded, path)
+            with torch.no_grad():
+                if int(model(x[None]).argmax()) != label:
+                    wrong += 1
+                    continue
+            result = occlusion(deconv, x, label, window, stride, mode=mode, batch_size=batch_size, check=False)
+            scored += 1
+            hits += _inside(result.most_sensitive(), box)
+    return {"images": scored, "hits": hits, "fraction": hits / scored if scored else None,
+            "skipped_wrong": wrong, "window": window, "stride": stride, "split": split, "mode": mode}
+
+
+def _spread(labels: Sequence[int], n: int | None) -> list[int]:
+    """Up to ``n`` indices, taken round-robin over the classes (all of them when ``n`` is None)."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    order: list[int] = []
+    queues = [list(v) for _, v in sorted(by_class.items())]
+    while queues and (n is None or len(order) < n):
+        for q in queues:
+            if q and (n is None or len(order) < n):
+                order.append(q.pop(0))
+        queues = [q for q in queues if q]
+    return order
+
+
+def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Sequence[str | Path] = (),
+                  data: str | Path | None = None, n_images: int = 6, split: str = "val",
+                  target: str | int | None = None, window: int | None = None, stride: int | None = None,
+                  layer: str = "conv5", mode: str = "exact", cap: float = 0.5, pointing: int | None = None,
+                  batch_size: int = 64, weights: str = "best", seed: int = 0,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """Occlusion panels (Fig. 7) for images of a run; writes PNGs and ``OUT/occlusion.json``.
+
+    Args:
+        run: run directory (or a loaded run).
+        out: output folder.
+        images: image files; their folder name gives the true class when it is one of the run's.
+        data: instead of ``images``: a data folder; one seeded image per class of ``split``, up to
+            ``n_images``; its ``annotations.json`` (synthetic data) gives the object boxes.
+        target: the class to map (name or index); default: the true class, else the predicted one.
+        window, stride: the occluder; default :func:`default_window` of the input size.
+        layer: the layer of panels (b) and (c).
+        mode: ``"exact"`` or ``"approximate"`` (then with the SSIM against exact).
+        pointing: with ``data``: also play the pointing game on up to this many images of ``split``.
+
+    Returns:
+        The JSON written (``{"kind": "occlusion", "images": [...], "pointing_game": ..., "report": ...}``).
+    """
+    if mode not in MODES:
+        raise ZFNetError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if not images and data is None:
+        raise ZFNetError("give image files or a data folder")
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
+    model = loaded.model.eval()
+    deconv = Deconvnet(model)
+    if layer not in deconv.layer_names:
+        raise ZFNetError(f"unknown layer {layer!r}; valid names: {', '.join(deconv.layer_names)}")
+    dwin, dstride = default_window(loaded.input_size)
+    window, stride = window or dwin, stride or dstride
+    if window > loaded.input_size:
+        raise ZFNetError(f"the occluder ({window} px) is larger than the model's input ({loaded.input_size} px)")
+    paths = [Path(p) for p in images]
+    for p in paths:
+        if not p.is_file():
+            raise ZFNetError(f"image {p} does not exist")
+    if data is not None and not paths:
+        dataset = open_dataset(data, split, loaded.base_size, classes=loaded.classes)
+        per_class: dict[int, list[int]] = {}
+        for i, y in enumerate(dataset.targets):
+            per_class.setdefault(y, []).append(i)
+        g = torch.Generator().manual_seed(seed)
+        chosen = [v[int(torch.randint(len(v), (1,), generator=g))] for _, v in sorted(per_class.items())]
+        paths = [dataset.samples[i][0] for i in chosen[:n_images]]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    boxes = _Boxes(loaded.base_size, loaded.input_size)
+    records = []
+    bar = progress(total=len(paths), desc="occlusion", unit="img", enabled=show_progress)
+    with bar:
+        for n, path in enumerate(paths):
+            x, shown = _input(loaded, path)
+            cls, label = _target(loaded, path, target, x)
+            result = occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap,
+                               batch_size=batch_size)
+            box = boxes.of(path)
+            figure = f"occlusion-{n:03d}.png"
+            name = _display(path, data)
+            draw_occlusion(shown, result, out / figure, class_names=loaded.class_names, box=box,
+                           title=f"{name}: occluder {window} px, step {stride}")
+            records.append(_record(result, name, loaded, label, box, figure))
+            bar.update(1)
+    game = None
+    if pointing and data is not None:
+        game = pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=pointing,
+                             mode="exact", batch_size=batch_size, show_progress=show_progress)
+    payload = {"kind": "occlusion", "run": str(loaded.root), "model": loaded.metadata.get("model"),
+               "window": window, "stride": stride, "layer": layer, "mode": mode, "images": records,
+               "pointing_game": game}
+    payload["report"] = _report(payload)
+    atomic_write_json(out / "occlusion.json", payload)
+    return payload
+
+
+def _display(path: Path, data: str | Path | None) -> str:
+    if data is not None:
+        try:
+            return path.resolve().relative_to(Path(data).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.name
+
+
+def _report(payload: dict[str, Any]) -> dict[str, Any]:
+    figures = [{"path": r["figure"], "image": r["image"], "label": r["label"] or r["target_name"],
+                "caption": f"{r['image']} ({r['target_name']}): probability {r['clean_prob']:.2f} unoccluded, "
+                           f"{r['min_prob']:.2f} at the most sensitive position"} for r in payload["images"]]
+    rows = [[r["image"], r["target_name"], f"{r['clean_prob']:.3f}", f"{r['min_prob']:.3f}",
+             "" if r["most_sensitive_in_box"] is None else ("yes" if r["most_sensitive_in_box"] else "no")]
+            for r in payload["images"]]
+    tables = [{"caption": "Per image: the true class's probability unoccluded and at its lowest; whether the "
+                          "most sensitive occluder's centre lies in the object's box",
+               "columns": ["image", "class", "p unoccluded", "p lowest", "in box"], "rows": rows}]
+    game = payload.get("pointing_game")
+    if game and game.get("images"):
+        tables.append({"caption": "Pointing game on the validation images the model classifies correctly",
+                       "columns": ["images", "hits", "hit rate", "occluder", "step"],
+                       "rows": [[game["images"], game["hits"], f"{100 * game['fraction']:.1f}%", game["window"],
+                                 game["stride"]]]})
+    return {"title": "Occlusion sensitivity (Fig. 7)",
+            "summary": "A grey square slides over each image: panel (d) maps the true class's probability and (e) "
+                       "the most probable class at each position, (b) the total activity of the strongest "
+                       f"{payload['layer']} map and (c) its projection. If the model recognises the object itself, "
+                       "rather than its surroundings, the probability drops when the object is covered.",
+            "figures": figures, "tables": tables}
+

@@ -1,0 +1,118 @@
+"""The paper's Fig. 7 panels for one occluded image: input, activity, projection, probability, top class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from .._io import atomic_write  # noqa: E402
+from .figures import normalize_projection  # noqa: E402
+
+__all__ = ["draw_occlusion"]
+
+
+def _extent(grid: tuple[int, int], window: int, stride: int) -> tuple[float, float, float, float]:
+    """Pixel extent of a grid whose cell (i, j) is the occluder centred at (i*stride + (window-1)/2, ...)."""
+    half = (window - 1) / 2
+    return (half - stride / 2, half - stride / 2 + grid[1] * stride,
+            half - stride / 2 + grid[0] * stride, half - stride / 2)
+
+
+def _box(ax, box: Sequence[int] | None, colour: str = "lime") -> None:
+    if box is not None:
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+
+
+def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names: Sequence[str],
+                   box: Sequence[int] | None = None, title: str | None = None, dpi: int = 100) -> Path:
+    """Draw the paper's Fig. 7 row for one image and save it as a PNG.
+
+    Panels: (a) the input with the object's true box (green) and the occluder that lowers the true
+    class's probability most (dashed); (b) the total activation of the strongest feature map as a
+    function of the occluder's position; (c) that map's deconvnet projection; (d) the probability of
+    the true class; (e) the most probable class (colours keyed by class name).
+
+    Args:
+        image: the input as shown, (3, H, W) uint8 or float in [0, 255].
+        result: an :class:`zfnet.analysis.occlusion.OcclusionResult` of that image.
+        path: PNG file to write.
+        class_names: names of the model's classes, by index.
+        box: the object's box ``(x0, y0, x1, y1)`` in input pixels, if known.
+        title: a line above the panels.
+
+    Returns:
+        ``path``.
+    """
+    rgb = image.detach().float().clamp(0, 255).permute(1, 2, 0).cpu().numpy() / 255.0
+    extent = _extent(result.grid, result.window, result.stride)
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+    target = class_names[result.target] if result.target < len(class_names) else str(result.target)
+
+    ax = axes[0]
+    ax.imshow(rgb, interpolation="nearest")
+    _box(ax, box)
+    r, c = divmod(int(torch.argmin(result.prob_true)), result.grid[1])
+    ax.add_patch(Rectangle((c * result.stride - 0.5, r * result.stride - 0.5), result.window, result.window,
+                           fill=False, edgecolor="white", linestyle="--", linewidth=1.2))
+    ax.set_title(f"(a) input: {target}", fontsize=9)
+
+    ax = axes[1]
+    im = ax.imshow(result.activity.numpy(), cmap="viridis", extent=extent, interpolation="nearest")
+    _box(ax, box, "white")
+    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.set_title(f"(b) {result.layer} map {result.channel}: total activity", fontsize=9)
+
+    ax = axes[2]
+    proj = normalize_projection(result.projection[None])[0].permute(1, 2, 0).numpy()
+    ax.imshow(proj if proj.shape[2] == 3 else proj[..., 0], cmap=None if proj.shape[2] == 3 else "gray",
+              interpolation="nearest")
+    ax.set_title(f"(c) projection of map {result.channel}", fontsize=9)
+
+    ax = axes[3]
+    im = ax.imshow(result.prob_true.numpy(), cmap="jet", vmin=0.0, vmax=max(1e-6, float(result.prob_true.max())),
+                   extent=extent, interpolation="nearest")
+    _box(ax, box, "white")
+    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.set_title(f"(d) p({target}), clean {result.clean_prob:.2f}", fontsize=9)
+
+    ax = axes[4]
+    present = sorted(set(result.top_class.flatten().tolist()))
+    palette = plt.get_cmap("tab20").colors
+    colours = ListedColormap([palette[i % len(palette)] for i in range(len(present))])
+    codes = np.vectorize({k: i for i, k in enumerate(present)}.get)(result.top_class.numpy())
+    ax.imshow(codes, cmap=colours, vmin=-0.5, vmax=len(present) - 0.5, extent=extent, interpolation="nearest")
+    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+    names = [class_names[k] if k < len(class_names) else str(k) for k in present]
+    ax.legend(handles=[Patch(color=palette[i % len(palette)], label=n) for i, n in enumerate(names)],
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    ax.set_title("(e) most probable class", fontsize=9)
+
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)

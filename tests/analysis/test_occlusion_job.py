@@ -1,0 +1,160 @@
+"""``zfnet occlusion``: the job's JSON matches the algorithm, figures load, the pointing game adds up, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from zfnet._io import atomic_write_json
+from zfnet.analysis.jobs import map_box
+from zfnet.analysis.occlusion import occlusion
+from zfnet.analysis.occlusion_job import default_window, occlusion_job, pointing_game
+from zfnet.cli import main
+from zfnet.data.synthetic import write_synthetic
+from zfnet.data.transforms import base_size, center_crop, load_image
+from zfnet.models import build
+from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one intra-op thread is faster than several, and much faster on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    """Synthetic data (3 classes, 64 px, with boxes) and a zfnet-tiny run directory written directly."""
+    root = tmp_path_factory.mktemp("occlusion")
+    summary = write_synthetic(root / "data", classes=3, per_class=2, val_per_class=3, size=64, progress=False)
+    torch.manual_seed(0)
+    model = build("zfnet-tiny", num_classes=3)
+    for m in model.modules():  # PyTorch's default init: outputs that depend on the input
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+    run = root / "run"
+    run.mkdir()
+    files = RunFiles(run)
+    save_weights(files.best, model, {"model": "zfnet-tiny", "num_classes": 3, "model_options": {}})
+    train = sorted((root / "data" / "train").rglob("*.png"))
+    save_mean(files.mean, torch.stack([load_image(p, base_size(64)) for p in train]).float().mean(0))
+    atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
+    return root / "data", run
+
+
+def test_default_window_is_the_papers_in_proportion():
+    assert default_window(224) == (32, 8)
+    assert default_window(64) == (9, 2)
+
+
+def test_job_records_what_the_algorithm_computes(synth_run, tmp_path):
+    data, run = synth_run
+    out = tmp_path / "occ"
+    result = occlusion_job(run, out, data=data, n_images=3, window=16, stride=8, show_progress=False)
+    loaded = load_run(run)
+    assert len(result["images"]) == 3
+    annotations = json.loads((data / "annotations.json").read_text())
+    for record in result["images"]:
+        path = data / record["image"]
+        img = load_image(path, loaded.base_size)
+        x = center_crop(img[None].float() - loaded.mean, loaded.input_size)[0]
+        label = loaded.classes.index(path.parent.name)
+        expected = occlusion(loaded.model, x, label, 16, 8)
+        assert record["target"] == label and record["label"] == loaded.classes[label]
+        torch.testing.assert_close(torch.tensor(record["prob_true"]), expected.prob_true, atol=1e-5, rtol=0)
+        assert record["top_class"] == expected.top_class.tolist()
+        assert record["channel"] == expected.channel
+        box = map_box(annotations["images"][record["image"]]["box"], (64, 64), loaded.base_size, loaded.input_size)
+        assert record["box"] == box
+        r, c = expected.most_sensitive()
+        assert record["most_sensitive"] == [r, c]
+        assert record["most_sensitive_in_box"] == (box[0] <= c < box[2] and box[1] <= r < box[3])
+        figure = Image.open(out / record["figure"])
+        figure.load()
+        assert figure.width > 600
+    saved = json.loads((out / "occlusion.json").read_text())
+    assert saved["kind"] == "occlusion" and saved["report"]["figures"][0]["path"] == "occlusion-000.png"
+    assert len(saved["report"]["tables"][0]["rows"]) == 3
+
+
+def test_pointing_game_counts(synth_run):
+    data, run = synth_run
+    game = pointing_game(run, data, window=16, stride=8, show_progress=False)
+    assert game["images"] + game["skipped_wrong"] == 9  # 3 classes x 3 validation images, all with boxes
+    assert 0 <= game["hits"] <= game["images"]
+    if game["images"]:
+        assert game["fraction"] == game["hits"] / game["images"]
+
+
+def test_given_image_files_and_target_by_name(synth_run, tmp_path):
+    data, run = synth_run
+    image = sorted((data / "val").rglob("*.png"))[0]
+    loaded = load_run(run)
+    other = loaded.classes[-1]
+    result = occlusion_job(run, tmp_path, images=[image], target=other, window=16, stride=16, show_progress=False)
+    record = result["images"][0]
+    assert record["target_name"] == other and record["label"] == image.parent.name
+    assert record["box"] is not None  # found through the data folder's annotations.json
+
+
+def test_cli(synth_run, tmp_path, capsys):
+    data, run = synth_run
+    out = tmp_path / "cli"
+    assert main(["occlusion", str(run), "--data", str(data), "--out", str(out), "--images", "2", "--window", "16",
+                 "--stride", "8", "--pointing-game", "3"]) == 0
+    text = capsys.readouterr().out
+    assert f"figures and occlusion.json in {out}" in text
+    saved = json.loads((out / "occlusion.json").read_text())
+    game = saved["pointing_game"]
+    assert game["images"] + game["skipped_wrong"] == 3 and (game["images"] == 0 or "pointing game:" in text)
+    assert len(saved["images"]) == 2 and (out / "occlusion-001.png").is_file()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--image", "missing.png"], "image missing.png does not exist"),
+    (["--data", "{data}", "--target", "unicorn"], "unknown class 'unicorn'"),
+    (["--data", "{data}", "--layer", "conv9"], "unknown layer 'conv9'"),
+    (["--data", "{data}", "--window", "500"], "larger than the model's input"),
+])
+def test_cli_errors_are_one_line(synth_run, tmp_path, capsys, extra, message):
+    data, run = synth_run
+    args = [a.replace("{data}", str(data)) for a in extra]
+    assert main(["occlusion", str(run), "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_needs_images_or_data(synth_run, tmp_path, capsys):
+    _, run = synth_run
+    with pytest.raises(SystemExit) as exc:
+        main(["occlusion", str(run), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "one of the arguments --image --data is required" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_a_clear_error(synth_run, tmp_path):
+    _, run = synth_run
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    from zfnet.errors import ZFNetError
+
+    with pytest.raises(ZFNetError, match="cannot read image"):
+        occlusion_job(run, tmp_path / "o", images=[bad], show_progress=False)
+    assert not (tmp_path / "o" / "occlusion.json").exists()
+
+
+def test_paths_outside_the_data_folder_show_their_name(synth_run, tmp_path):
+    data, run = synth_run
+    image = sorted((data / "val").rglob("*.png"))[0]
+    copy = tmp_path / "mine.png"
+    copy.write_bytes(Path(image).read_bytes())
+    result = occlusion_job(run, tmp_path / "o", images=[copy], window=16, stride=16, show_progress=False)
+    assert result["images"][0]["image"] == "mine.png" and result["images"][0]["box"] is None
