@@ -1,11 +1,17 @@
-"""``zfnet demo``: from an empty folder and no network to a trained ZFNet and its evaluation.
+"""``zfnet demo``: from an empty folder and no network to the whole study and its HTML report.
 
 Stages, each skipped when a previous (interrupted) demo in the same folder finished it:
 
 1. ``data/``: the built-in synthetic data set (primary classes);
 2. ``runs/zfnet`` and ``runs/alexnet``: ZFNet and AlexNet at CPU size with the paper's recipe,
    with weight snapshots for the feature-evolution figure (training itself resumes mid-run);
-3. ``evaluation.json``: centre-crop and ten-crop errors of each model and of their ensemble.
+3. ``evaluation.json``: centre-crop and ten-crop errors of each model and of their ensemble;
+4. ``visualize/``: the deconvnet figures of ZFNet (top-9 per map, filters, evolution) and the
+   AlexNet-vs-ZFNet comparison (Fig. 2, 4, 6);
+5. ``occlusion/``: occlusion panels for one image per class and the pointing game (Fig. 7);
+6. ``correspondence/``: the correspondence analysis of the faces' parts (Table 1);
+7. ``invariance/``: translation, scale and rotation curves (Fig. 5);
+8. ``report/index.html``: the offline report of everything above.
 
 ``DIR/demo.json`` marks the folder as a demo's, so a re-run resumes it and a foreign non-empty
 folder is refused rather than written into.
@@ -28,6 +34,7 @@ __all__ = ["run_demo", "DemoResult", "DemoPlan", "PLANS"]
 log = logging.getLogger("zfnet")
 
 MARKER = "demo.json"
+STAGES = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,13 @@ class DemoPlan:
     batch_size: int
     lr_patience: int
     snapshots: tuple[int, ...]
+    vis_maps: int = 16  # feature maps shown per layer
+    vis_images: int = 500  # validation images searched for top activations
+    occlusion_images: int = 10
+    pointing_images: int = 100
+    correspondence_images: int = 5
+    correspondence_trials: int = 10
+    invariance_images: int = 5
 
 
 PLANS = {
@@ -53,7 +67,8 @@ PLANS = {
                      lr_patience=2, snapshots=(1, 2, 5, 10, 20, 30)),
     "quick": DemoPlan(classes=4, per_class=24, val_per_class=8, image_size=72,
                       models=(("zfnet", "zfnet-tiny"), ("alexnet", "alexnet-tiny")), epochs=3, batch_size=16,
-                      lr_patience=2, snapshots=(1, 2, 3)),
+                      lr_patience=2, snapshots=(1, 2, 3), vis_maps=4, vis_images=32, occlusion_images=2,
+                      pointing_images=8, correspondence_images=3, correspondence_trials=2, invariance_images=2),
 }
 
 
@@ -67,12 +82,16 @@ class DemoResult:
     seconds: float
     stages: list[str] = field(default_factory=list)
 
+    report: Path | None = None
+
     def summary(self) -> str:
         lines = [f"zfnet demo finished in {self.seconds:.0f} s ({', '.join(self.stages)})"]
         for row in self.evaluation.get("results", []):
             lines.append(f"  {row['name']:<22} val top-1 error {100 * row['top1_error']:5.1f}%  "
                          f"(10 crops {100 * row['ten_crop_top1_error']:5.1f}%)")
         lines.append(f"results in {self.out}")
+        if self.report is not None:
+            lines.append(f"report: {self.report}")
         return "\n".join(lines)
 
     __str__ = summary
@@ -128,12 +147,12 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
 
     data = out / "data"
     if not (data / "annotations.json").is_file():
-        log.info("[1/3] writing the synthetic data set to %s", data)
+        log.info("[1/%d] writing the synthetic data set to %s", STAGES, data)
         write_synthetic(data, classes=plan.classes, per_class=plan.per_class, val_per_class=plan.val_per_class,
                         seed=seed, size=plan.image_size, progress=show_progress)
         stages.append("data")
     else:
-        log.info("[1/3] synthetic data set already in %s", data)
+        log.info("[1/%d] synthetic data set already in %s", STAGES, data)
 
     runs: dict[str, Path] = {}
     for run_name, model in plan.models:
@@ -144,9 +163,9 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
         if files.metrics.is_file():
             done = len([line for line in files.metrics.read_text().splitlines() if line.strip()])
         if done >= plan.epochs:
-            log.info("[2/3] %s already trained (%d epochs)", run_name, done)
+            log.info("[2/%d] %s already trained (%d epochs)", STAGES, run_name, done)
             continue
-        log.info("[2/3] training %s (%s) for %d epochs%s", run_name, model, plan.epochs,
+        log.info("[2/%d] training %s (%s) for %d epochs%s", STAGES, run_name, model, plan.epochs,
                  f", resuming after epoch {done}" if done else "")
         config = TrainConfig(data=str(data), out=str(run), model=model, epochs=plan.epochs,
                              batch_size=plan.batch_size, lr_patience=plan.lr_patience,
@@ -158,7 +177,7 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
     if evaluation_path.is_file():
         evaluation = json.loads(evaluation_path.read_text())
     else:
-        log.info("[3/3] evaluating on the validation set (centre crop and 10 crops)")
+        log.info("[3/%d] evaluating on the validation set (centre crop and 10 crops)", STAGES)
         names = list(runs)
         paths = [runs[n] for n in names]
         centre = evaluate_runs(paths, data, workers=0, show_progress=show_progress)
@@ -172,4 +191,56 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
         evaluation = {"results": rows}
         atomic_write_json(evaluation_path, evaluation)
         stages.append("evaluate")
-    return DemoResult(out, runs, evaluation, time.perf_counter() - t0, stages or ["nothing left to do"])
+
+    stages += _analyses(out, data, runs, plan, seed, show_progress)
+
+    from .report import build_report
+
+    log.info("[%d/%d] writing the report", STAGES, STAGES)
+    report = build_report([out], out / "report", title="zfnet demo")
+    return DemoResult(out, runs, evaluation, time.perf_counter() - t0, stages or ["nothing left to do"], report)
+
+
+def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed: int,
+              show_progress: bool) -> list[str]:
+    """Stages 4-7: each writes its JSON last, so a finished stage is recognised by that file."""
+    from .analysis.jobs import correspondence_job, invariance_job
+    from .analysis.occlusion_job import default_window, occlusion_job
+    from .train.checkpoint import load_run
+    from .visualize.job import compare_architectures, visualize_run
+
+    zfnet, alexnet = runs["zfnet"], runs["alexnet"]
+    done: list[str] = []
+
+    def stage(number: int, name: str, marker: Path, work) -> None:
+        if marker.is_file():
+            log.info("[%d/%d] %s already done", number, STAGES, name)
+            return
+        log.info("[%d/%d] %s", number, STAGES, name)
+        work()
+        done.append(name)
+
+    vis = out / "visualize"
+
+    def visualize() -> None:
+        # The comparison first: index.json, the visualisation's last file, then marks the whole stage done.
+        compare_architectures(zfnet, alexnet, vis, data=data, seed=seed, max_images=plan.vis_images,
+                              show_progress=show_progress)
+        visualize_run(zfnet, data, out=vis, maps=plan.vis_maps, max_images=plan.vis_images, seed=seed,
+                      show_progress=show_progress)
+
+    stage(4, "deconvnet figures", vis / "index.json", visualize)
+    # The paper's occluder (32 px at 224, in proportion) at half its side per step: 13 x 13 positions at 112 px.
+    window, _ = default_window(load_run(zfnet).input_size)
+    stage(5, "occlusion", out / "occlusion" / "occlusion.json",
+          lambda: occlusion_job(zfnet, out / "occlusion", data=data, n_images=plan.occlusion_images,
+                                window=window, stride=max(1, window // 2), pointing=plan.pointing_images,
+                                seed=seed, show_progress=show_progress))
+    stage(6, "correspondence", out / "correspondence" / "correspondence.json",
+          lambda: correspondence_job(zfnet, data, out / "correspondence", images=plan.correspondence_images,
+                                     random_trials=plan.correspondence_trials, seed=seed,
+                                     show_progress=show_progress))
+    stage(7, "invariance", out / "invariance" / "invariance.json",
+          lambda: invariance_job(zfnet, data, out / "invariance", images=plan.invariance_images, seed=seed,
+                                 show_progress=show_progress))
+    return done
