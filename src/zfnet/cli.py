@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_tr.add_argument("--test-cap", type=_positive_int, default=None,
                       help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
     p_tr.add_argument("--no-baseline", action="store_true", help="skip training the architecture from scratch")
-    p_tr.add_argument("--scratch-steps", type=_positive_int, default=600,
+    p_tr.add_argument("--scratch-steps", type=_positive_int, default=300,
                       help="SGD steps of each from-scratch training")
     p_tr.add_argument("--scratch-batch-size", type=_positive_int, default=32, help="images per from-scratch step")
     p_tr.add_argument("--scratch-lr", type=float, default=1e-2, help="from-scratch learning rate (/10 after 3/4)")
@@ -625,7 +625,8 @@ def _cmd_occlusion(args: argparse.Namespace) -> int:
     game = result["pointing_game"]
     if game and game["images"]:
         print(f"pointing game: {game['hits']}/{game['images']} = {100 * game['fraction']:.1f}% of the correctly "
-              f"classified images")
+              f"classified images within {game['tolerance']} px of the object's box, "
+              f"{100 * game['strict_fraction']:.1f}% inside it")
     print(f"figures and occlusion.json in {args.out}")
     return 0
 

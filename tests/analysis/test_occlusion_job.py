@@ -89,9 +89,20 @@ def test_pointing_game_counts(synth_run):
     data, run = synth_run
     game = pointing_game(run, data, window=16, stride=8, show_progress=False)
     assert game["images"] + game["skipped_wrong"] == 9  # 3 classes x 3 validation images, all with boxes
-    assert 0 <= game["hits"] <= game["images"]
+    assert len(game["distances"]) == game["images"] and game["tolerance"] == round(15 * 64 / 224)
+    assert game["hits"] == sum(d <= game["tolerance"] for d in game["distances"])
+    assert game["strict_hits"] == sum(d == 0 for d in game["distances"]) <= game["hits"]
     if game["images"]:
         assert game["fraction"] == game["hits"] / game["images"]
+
+
+def test_distance_to_a_box():
+    from zfnet.analysis.occlusion_job import _distance
+
+    box = [10, 20, 30, 40]  # x0, y0, x1, y1 (exclusive ends): columns 10..29, rows 20..39
+    assert _distance((20, 10), box) == 0.0 and _distance((39, 29), box) == 0.0
+    assert _distance((40, 29), box) == 1.0  # one row below
+    assert _distance((17, 6), box) == 5.0  # 3 rows above, 4 columns left
 
 
 def test_given_image_files_and_target_by_name(synth_run, tmp_path):
