@@ -20,12 +20,6 @@ from zfnet.visualize.figures import (
     tile,
 )
 
-
-def _checkerboard(n: int) -> torch.Tensor:
-    idx = torch.arange(n)
-    return ((idx[:, None] + idx[None, :]) % 2 * 2 - 1).double()  # +-1
-
-
 # --- projection normalisation -------------------------------------------------------------------------
 
 def test_normalize_projection_zero_is_grey_and_peak_reaches_black_or_white():
@@ -87,31 +81,103 @@ def test_filter_rms_known_answer():
 
 # --- aliasing -------------------------------------------------------------------------------------------
 
-def test_checkerboard_aliases_fully_and_constant_not_at_all():
-    # An even-sized checkerboard is exactly the Nyquist frequency: all energy above half Nyquist.
-    board = _checkerboard(8).expand(2, 3, 8, 8)
-    assert aliasing(board) == pytest.approx(1.0, abs=1e-12)
-    # Odd sizes have no exact Nyquist bin and leak. In 1-D, (-1)^x over 7 samples has DFT power
-    # 2 / (1 + cos(2 pi k / 7)) at bin k (sum 7 * 7 = 49); bins 0 and +-1 (|f| = 1/7) lie at or below 0.25
-    # cycles/pixel. The 2-D board is the outer product, so its low part is that fraction squared: ~0.995.
-    low_1d = (1 + 2 * 2 / (1 + math.cos(2 * math.pi / 7))) / 49
-    assert aliasing(_checkerboard(7).expand(1, 3, 7, 7)) == pytest.approx(1 - low_1d**2, abs=1e-12)
-    assert aliasing(torch.ones(4, 3, 7, 7)) == pytest.approx(0.0, abs=1e-12)  # FFT rounding only
+def _windowed_sinusoid(f0: float, n: int = 41) -> torch.Tensor:
+    """A horizontal cosine of ``f0`` cycles/pixel under a 2-D Hann window, (1, 3, n, n).
+
+    The window keeps the spectrum to two narrow lobes at (0, +-f0), each about 2 / n wide on either side
+    (a bare sinusoid's rectangular window would leak a few per cent of its energy to every frequency).
+    """
+    x = torch.arange(n, dtype=torch.float64)
+    hann = torch.hann_window(n, periodic=False, dtype=torch.float64)
+    return (hann[:, None] * hann[None, :] * torch.cos(2 * math.pi * f0 * x)).expand(1, 3, n, n)
 
 
-def test_smooth_filter_scores_low_and_zero_filters_are_ignored():
-    y = torch.linspace(-1, 1, 11)
-    gauss = torch.exp(-(y[:, None] ** 2 + y[None, :] ** 2) / 0.5).expand(3, 11, 11)
-    board = _checkerboard(8)
-    assert aliasing(gauss[None]) < 0.01
-    w = torch.zeros(3, 3, 8, 8)
-    w[0] = board
-    assert aliasing(w) == pytest.approx(1.0)  # the two zero filters do not count
-    assert aliasing(torch.zeros(2, 3, 5, 5)) == 0.0
-    w[1] = 1.0
-    assert aliasing(w) == pytest.approx(0.5)  # mean of 1 and 0
-    with pytest.raises(ValueError, match="cutoff"):
-        aliasing(w, cutoff=0.7)
+def _aliasing_by_quadrature(w: torch.Tensor, stride: int, points: int = 400) -> torch.Tensor:
+    """Per filter, ``1 - (energy inside the output grid's band) / (all energy)`` by the midpoint rule.
+
+    The spectrum is evaluated as the DTFT sum itself (a matrix of complex exponentials, no FFT) on a grid of
+    ``points`` x ``points`` midpoints of the box ``|fy|, |fx| <= 1 / (2 stride)``; the total energy is the
+    sum of squares (Parseval).
+    """
+    c = 1 / (2 * stride)
+    f = -c + (torch.arange(points, dtype=torch.float64) + 0.5) * (2 * c / points)
+    ey = torch.exp(-2j * math.pi * f[:, None] * torch.arange(w.shape[-2], dtype=torch.float64))  # (P, kh)
+    ex = torch.exp(-2j * math.pi * f[:, None] * torch.arange(w.shape[-1], dtype=torch.float64))  # (P, kw)
+    spectrum = torch.einsum("yi,ocij,xj->ocyx", ey, w.to(torch.complex128), ex)
+    inside = spectrum.abs().pow(2).sum(dim=(1, 2, 3)) * (2 * c / points) ** 2
+    return 1 - inside / w.pow(2).sum(dim=(1, 2, 3))
+
+
+def test_windowed_sinusoid_aliases_only_above_the_output_nyquist_frequency():
+    # Stride 4 keeps frequencies up to 1/8 cycles/pixel. The lobes (half-width 2/41 ~ 0.05) lie wholly below
+    # it at f0 = 0.05 and wholly above it at f0 = 0.19 and 0.4; the Hann side lobes carry < 1e-3 of the energy.
+    assert aliasing(_windowed_sinusoid(0.05), stride=4) < 1e-3
+    assert aliasing(_windowed_sinusoid(0.19), stride=4) > 0.999
+    assert aliasing(_windowed_sinusoid(0.4), stride=4) > 0.999
+
+
+def test_stride_decides_what_aliases():
+    # The same filter: f0 = 0.19 is below stride 2's limit (1/4) and above stride 4's (1/8).
+    w = _windowed_sinusoid(0.19)
+    assert aliasing(w, stride=1) == 0.0
+    assert aliasing(w, stride=2) < 1e-3
+    assert aliasing(w, stride=4) > 0.999
+    # Any filter: a coarser output grid keeps a smaller band, so the share can only grow with the stride.
+    torch.manual_seed(0)
+    for size in (7, 11):
+        r = torch.randn(6, 3, size, size)
+        scores = [aliasing(r, stride=s) for s in (1, 2, 3, 4)]
+        assert scores[0] == 0.0 and scores == sorted(scores) and scores[3] > scores[1]
+
+
+def test_aliasing_closed_forms():
+    # One tap: a flat spectrum, so the aliased share is the area outside the band: 1 - 1 / (sy * sx).
+    tap = torch.ones(2, 3, 1, 1)
+    assert aliasing(tap, stride=2) == pytest.approx(0.75, abs=1e-12)
+    assert aliasing(tap, stride=4) == pytest.approx(1 - 1 / 16, abs=1e-12)
+    assert aliasing(tap, stride=(1, 4)) == pytest.approx(0.75, abs=1e-12)
+    # The difference filter [1, -1] (1 x 2): |W|^2 = 2 - 2 cos(2 pi fx), flat in fy, total energy 2; over
+    # |fy|, |fx| <= c it integrates to 2c (4c - 2 sin(2 pi c) / pi).
+    diff = torch.tensor([[[[1.0, -1.0]]]])
+    for stride in (1, 2, 3, 4):
+        c = 1 / (2 * stride)
+        expected = 1 - 2 * c * (4 * c - 2 * math.sin(2 * math.pi * c) / math.pi) / 2
+        assert aliasing(diff, stride=stride) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aliasing_matches_quadrature_of_the_spectrum():
+    torch.manual_seed(1)
+    for size, stride in ((7, 2), (11, 4), (5, 3)):
+        w = torch.randn(4, 3, size, size, dtype=torch.float64)
+        reference = _aliasing_by_quadrature(w, stride)
+        # The midpoint rule's error is ~ h^2 / 24 of the spectrum's curvature (h = 1 / (400 stride)), under
+        # 1e-6 of the energy for these kernels (observed up to 6e-7); the function itself is exact.
+        assert aliasing(w, stride=stride) == pytest.approx(float(reference.mean()), abs=1e-5)
+        assert aliasing(w[:1], stride=stride) == pytest.approx(float(reference[0]), abs=1e-5)
+
+
+def test_aliasing_averages_live_filters_only():
+    low, high = _windowed_sinusoid(0.05)[0], _windowed_sinusoid(0.4)[0]
+    w = torch.stack([high, low, torch.zeros_like(low)])
+    assert aliasing(w, stride=4) == pytest.approx(0.5, abs=1e-3)  # the zero filter is dead
+    w[2] = 0
+    w[2, :, 20, 20] = 0.01  # one tap at 1/100 of the others' RMS or less: dead at the 10% threshold
+    assert dead_filter_fraction(w) == pytest.approx(1 / 3)
+    assert aliasing(w, stride=4) == pytest.approx(0.5, abs=1e-3)
+    # With threshold 0 only zero filters are dead: the tap (flat spectrum, 15/16 aliased) counts too.
+    assert aliasing(w, stride=4, threshold=0) == pytest.approx((1 + 0 + 15 / 16) / 3, abs=1e-3)
+    assert aliasing(torch.zeros(2, 3, 5, 5), stride=2) == 0.0
+
+
+def test_aliasing_validation():
+    w = torch.randn(2, 3, 7, 7)
+    for bad in (0, -2, (2,), (2, 0), 1.5, True):
+        with pytest.raises(ValueError, match="stride"):
+            aliasing(w, stride=bad)
+    with pytest.raises(ValueError, match="conv weights"):
+        aliasing(torch.ones(3, 7, 7), stride=2)
+    with pytest.raises(ValueError, match="threshold"):
+        aliasing(w, stride=2, threshold=-1)
 
 
 # --- drawing --------------------------------------------------------------------------------------------

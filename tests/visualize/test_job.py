@@ -13,7 +13,7 @@ from PIL import Image
 from zfnet.data.folders import open_dataset
 from zfnet.data.transforms import center_crop
 from zfnet.train import TrainConfig, load_run, train
-from zfnet.visualize import top_activations
+from zfnet.visualize import Deconvnet, job, receptive_fields, top_activations
 from zfnet.visualize.figures import aliasing, dead_filter_fraction
 from zfnet.visualize.job import compare_architectures, visualize_run
 
@@ -110,12 +110,36 @@ def test_compare_architectures(runs, tmp_path):
     img = _png(tmp_path / result["png"])
     assert img.width >= 1000 and img.height >= 800
     assert [r["model"] for r in result["runs"]] == ["alexnet-tiny", "zfnet-tiny"]
-    for row, name in zip(result["runs"], ("alexnet-tiny", "zfnet-tiny")):
+    for row, name, stride in zip(result["runs"], ("alexnet-tiny", "zfnet-tiny"), (4, 2)):
         w = load_run(paths[name]).model.conv1.conv.weight
+        assert row["conv1_stride"] == [stride, stride]  # each model's own conv1 stride
         assert row["dead_fraction"] == dead_filter_fraction(w)
-        assert row["aliasing"] == pytest.approx(aliasing(w))
-        assert 0 <= row["aliasing"] <= 1 and len(row["maps"]) == 8
+        assert row["aliasing"] == pytest.approx(aliasing(w, stride))
+        assert row["aliasing"] != pytest.approx(aliasing(w, 6 - stride))  # the other model's stride differs
+        assert 0 < row["aliasing"] <= 1 and len(row["maps"]) == 8
         assert all(0 <= i < 12 for i in row["image_ids"])
+
+
+def test_compare_architectures_draws_projections_cut_to_the_receptive_field(runs, tmp_path, monkeypatch):
+    data, paths = runs
+    drawn = []
+    monkeypatch.setattr(job, "draw_architecture_comparison", lambda panels, path: drawn.extend(panels) or path)
+    result = compare_architectures(paths["alexnet-tiny"], paths["zfnet-tiny"], tmp_path, maps=4,
+                                   show_progress=False)
+    for panel, row, name in zip(drawn, result["runs"], ("alexnet-tiny", "zfnet-tiny")):
+        loaded = load_run(paths[name])
+        model = loaded.model
+        field = receptive_fields(model, 64)["conv2"].size  # alexnet-tiny's conv2 sees 51 px, zfnet-tiny's 27
+        assert panel["projections"].shape == (4, 3, *field)
+        assert panel["stride"] == (model.conv1.conv.stride[0],) * 2
+        # The whole-image projection of each map's strongest activation, computed again: the cut keeps all
+        # of it (the deconvnet signal never leaves the receptive field), so nothing was cut off.
+        ds = open_dataset(data, "val", loaded.base_size, classes=loaded.classes)
+        x = torch.stack([center_crop(ds[i][0].float() - loaded.mean, loaded.input_size) for i in row["image_ids"]])
+        whole = Deconvnet(model).project(x, "conv2", torch.tensor(row["maps"]))
+        assert whole.abs().amax() > 0
+        torch.testing.assert_close(panel["projections"].abs().sum(dim=(1, 2, 3)), whole.abs().sum(dim=(1, 2, 3)),
+                                   rtol=1e-4, atol=1e-6)  # same sums up to float32 rounding
 
 
 def test_run_without_snapshots_has_no_evolution_figure(runs, tmp_path):

@@ -28,14 +28,11 @@ from ..models.layers import filter_rms
 __all__ = [
     "normalize_projection", "tile", "filter_rms", "dead_filter_fraction", "aliasing",
     "draw_top_projections", "draw_filters", "draw_evolution", "draw_architecture_comparison",
-    "DEAD_RMS_FRACTION", "ALIASING_CUTOFF",
+    "DEAD_RMS_FRACTION",
 ]
 
 DEAD_RMS_FRACTION = 0.1
 """A filter is dead when its RMS is at most this fraction of the layer's median filter RMS."""
-
-ALIASING_CUTOFF = 0.25
-"""Spatial frequency (cycles per pixel) above which a filter's energy counts as aliasing: half Nyquist."""
 
 _GAP = 0.08  # white space between grids, as a fraction of a grid's size
 
@@ -106,33 +103,69 @@ def dead_filter_fraction(weights: torch.Tensor, threshold: float = DEAD_RMS_FRAC
     return float((rms <= threshold * rms.median()).double().mean())
 
 
-def aliasing(weights: torch.Tensor, cutoff: float = ALIASING_CUTOFF) -> float:
-    """Mean fraction of each filter's spectral energy above ``cutoff`` cycles per pixel.
+def aliasing(weights: torch.Tensor, stride: int | Sequence[int], *, threshold: float = DEAD_RMS_FRACTION) -> float:
+    """Mean share of each live filter's spectral energy above the Nyquist frequency of its output grid.
 
-    Each filter's 2-D DFT power, summed over its input channels, is split at frequencies whose
-    larger component ``max(|fy|, |fx|)`` exceeds ``cutoff`` (default half the Nyquist frequency
-    0.5); the fraction above is averaged over the filters that are not all zero (0.0 when none is).
-    A checkerboard filter scores about 1, a constant (or smooth) filter about 0.
+    A convolution with stride ``s`` keeps every ``s``-th output, a grid that holds frequencies up to
+    ``1 / (2 s)`` cycles per pixel; whatever the filter passes above that is folded back (aliased) onto
+    lower frequencies. With ``|W(fy, fx)|^2`` a filter's power spectrum (the squared magnitude of its
+    discrete-time Fourier transform, summed over input channels) and ``(sy, sx)`` the stride,
+
+        aliasing = 1 - (energy in |fy| <= 1/(2 sy), |fx| <= 1/(2 sx)) / (energy in |fy|, |fx| <= 1/2),
+
+    the energy being the integral of ``|W|^2``. The integral is exact: ``|W|^2`` is the Fourier series of
+    the filter's autocorrelation ``r`` (computed with an FFT zero-padded past twice the kernel size, so no
+    lags wrap), and over the box it is ``sum_m r[my, mx] b_y(my) b_x(mx)`` with
+    ``b(m) = sin(2 pi c m) / (pi m)``, ``b(0) = 2 c``, ``c = 1 / (2 s)``. Stride 1 gives 0; a single-tap
+    filter (white spectrum) gives ``1 - 1 / (sy sx)``.
+
+    The share is averaged over the live filters: those whose RMS exceeds ``threshold`` times the layer's
+    median filter RMS (the filters :func:`dead_filter_fraction` does not count as dead); 0.0 when none is.
+
+    Args:
+        weights: (C_out, C_in, kh, kw) convolution weights.
+        stride: the layer's stride, one int or ``(sy, sx)``.
+        threshold: the dead-filter threshold, as in :func:`dead_filter_fraction`.
 
     Example:
-        >>> round(aliasing(torch.ones(2, 3, 7, 7)), 6)
+        >>> aliasing(torch.ones(2, 3, 7, 7), stride=1)
         0.0
+        >>> round(aliasing(torch.ones(2, 3, 1, 1), stride=4), 4)  # one tap: a flat spectrum
+        0.9375
     """
     if weights.dim() != 4:
         raise ValueError(f"expected conv weights (C_out, C_in, kh, kw), got shape {tuple(weights.shape)}")
-    if not 0 <= cutoff <= 0.5:
-        raise ValueError(f"cutoff must lie in [0, 0.5] cycles per pixel, got {cutoff}")
-    w = weights.detach().double()
-    power = torch.fft.fft2(w).abs().pow(2).sum(dim=1)  # (C_out, kh, kw)
-    fy = torch.fft.fftfreq(w.shape[-2], dtype=torch.float64).abs()
-    fx = torch.fft.fftfreq(w.shape[-1], dtype=torch.float64).abs()
-    high = torch.maximum(fy[:, None], fx[None, :]) > cutoff + 1e-12
-    total = power.sum(dim=(1, 2))
-    alive = total > 0
-    if not bool(alive.any()):
+    strides = tuple(stride) if isinstance(stride, Sequence) else (stride, stride)
+    if len(strides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+        raise ValueError(f"stride must be a positive int or a pair of them, got {stride!r}")
+    if not 0 <= threshold:
+        raise ValueError(f"threshold must be non-negative, got {threshold}")
+    w = weights.detach().double().cpu()
+    rms = filter_rms(w)
+    live = rms > threshold * rms.median()
+    if not bool(live.any()):
         return 0.0
-    frac = power[:, high].sum(dim=1)[alive] / total[alive]
-    return float(frac.mean())
+    w = w[live]
+    kh, kw = w.shape[-2:]
+    size = (_fft_size(2 * kh - 1), _fft_size(2 * kw - 1))
+    power = torch.fft.rfft2(w, s=size).abs().pow(2).sum(dim=1)  # (L, size_y, size_x // 2 + 1)
+    r = torch.fft.irfft2(power, s=size)  # autocorrelation at lags fftfreq(size) * size, (L, size_y, size_x)
+    by = _box_weights(size[0], 1 / (2 * strides[0]))
+    bx = _box_weights(size[1], 1 / (2 * strides[1]))
+    inside = torch.einsum("lyx,y,x->l", r, by, bx)
+    total = r[:, 0, 0]  # the integral over the whole band is the filter's energy
+    return float((1 - inside / total).clamp(0, 1).mean())
+
+
+def _fft_size(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _box_weights(n: int, c: float) -> torch.Tensor:
+    """``integral over |f| <= c of exp(2 pi i f m) df`` at the lags ``m`` of an FFT of size ``n``."""
+    m = torch.fft.fftfreq(n, dtype=torch.float64) * n
+    safe = torch.where(m == 0, torch.ones_like(m), m)
+    return torch.where(m == 0, torch.full_like(m, 2 * c), torch.sin(2 * torch.pi * c * m) / (torch.pi * safe))
 
 
 def _rgb(image: torch.Tensor) -> np.ndarray:
@@ -267,13 +300,21 @@ def draw_evolution(projections: torch.Tensor, epochs: Sequence[int], channels: S
     return _save(fig, path, dpi)
 
 
+def _stride_label(stride: int | Sequence[int] | None) -> str:
+    if stride is None:
+        return ""
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    return f" (stride {sy})" if sy == sx else f" (stride {sy}x{sx})"
+
+
 def draw_architecture_comparison(panels: Sequence[dict], path: str | Path, *, dpi: int = 100) -> Path:
     """Fig. 6: per run (a row), its layer-1 filters and its layer-2 projections, with the two numbers.
 
     Args:
         panels: one dict per run with ``name`` (str), ``filters`` (C_out, C_in, kh, kw) layer-1 weights,
-            ``projections`` (M, 3, H, W) layer-2 projections (one per shown map), ``dead_fraction`` and
-            ``aliasing`` (floats).
+            ``projections`` (M, 3, h, w) layer-2 projections (one per shown map, cut to their receptive
+            field by the caller), ``dead_fraction`` and ``aliasing`` (floats), and optionally ``stride``
+            (layer 1's, shown in the title).
         path: the PNG to write.
     """
     if not panels:
@@ -288,8 +329,10 @@ def draw_architecture_comparison(panels: Sequence[dict], path: str | Path, *, dp
         filters = tile(normalize_projection(p["filters"]), pad=1)
         proj = p["projections"]
         feats = tile(normalize_projection(proj), pad=_grid_pad(proj.shape[-1]))
+        stride = _stride_label(p.get("stride"))
         _show(fig.add_axes((0.03, bottom, 0.44, height)), filters,
-              f"{p['name']} conv1: dead {p['dead_fraction']:.0%}, aliasing {p['aliasing']:.3f}", fontsize=10)
+              f"{p['name']} conv1{stride}: dead {p['dead_fraction']:.0%}, aliasing {p['aliasing']:.3f}",
+              fontsize=10)
         _show(fig.add_axes((0.53, bottom, 0.44, height)), feats, f"{p['name']} conv2: strongest projections",
               fontsize=10)
     return _save(fig, path, dpi)

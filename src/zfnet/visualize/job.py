@@ -319,12 +319,14 @@ def compare_architectures(run_a: str | Path, run_b: str | Path, out: str | Path,
         split: the split searched for the layer-2 features.
         weights: ``best``, ``last`` or ``epoch-N`` of both runs.
         layer2: the layer whose features are shown beside the filters.
-        maps: layer-2 maps shown (a seeded random subset; each its strongest projection).
+        maps: layer-2 maps shown (a seeded random subset; each its strongest projection, cut to the
+            receptive field of that activation).
         max_images: search a seeded random subset of this many images (None: all).
 
     Returns:
         The contents of ``architectures.json``: ``{"runs": [{"run", "model", "dead_fraction", "aliasing",
-        "maps", "image_ids"}, ...], "png": "architectures.png", "definitions": {...}}``.
+        "conv1_stride", "maps", "image_ids"}, ...], "png": "architectures.png", "layer2",
+        "definitions": {...}}``. Aliasing is measured at each model's own conv1 stride.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,21 +340,29 @@ def compare_architectures(run_a: str | Path, run_b: str | Path, out: str | Path,
         top = top_activations(model, images.pass_once(show_progress), layer2, k=1)[layer2]
         chosen = _shown_maps(top.values.shape[0], maps, seed, layer2)
         inputs = _inputs_of(images, [top], [chosen])
-        proj = project_top_activations(model, top, inputs.__getitem__, channels=chosen).projections[:, 0]
-        w = _first_conv(model).weight
-        dead, alias = dead_filter_fraction(w), aliasing(w)
+        deconv = Deconvnet(model)
+        proj = project_top_activations(deconv, top, inputs.__getitem__, channels=chosen).projections[:, 0]
+        # Cut each projection to its activation's receptive field, as Fig. 2 and Fig. 6 show them.
+        rf = receptive_fields(deconv, (images.size, images.size), in_channels=3)[layer2]
+        proj = _cut(proj, rf.windows(top.position[chosen, 0].clamp(min=0)))  # (M, 3, h, w)
+        conv1 = _first_conv(model)
+        w, stride = conv1.weight, tuple(conv1.stride)
+        dead, alias = dead_filter_fraction(w), aliasing(w, stride)
         name = _model_name(loaded)
-        panels.append({"name": name, "filters": w, "projections": proj, "dead_fraction": dead, "aliasing": alias})
+        panels.append({"name": name, "filters": w, "projections": proj, "dead_fraction": dead, "aliasing": alias,
+                       "stride": stride})
         ids = top.image_index[chosen, 0].tolist()
         rows.append({"run": str(loaded.root), "model": name, "dead_fraction": dead, "aliasing": alias,
-                     "maps": chosen, "image_ids": [images.order[i] if i >= 0 else -1 for i in ids]})
+                     "conv1_stride": list(stride), "maps": chosen,
+                     "image_ids": [images.order[i] if i >= 0 else -1 for i in ids]})
     png = draw_architecture_comparison(panels, out / "architectures.png")
     result = {
         "runs": rows, "png": png.name, "layer2": layer2,
         "definitions": {
             "dead_fraction": "fraction of layer-1 filters whose RMS is at most 10% of the layer's median filter RMS",
-            "aliasing": "mean over non-zero layer-1 filters of the fraction of DFT energy at frequencies with "
-                        "max(|fy|, |fx|) > 0.25 cycles/pixel (half Nyquist)",
+            "aliasing": "mean over the live (not dead) layer-1 filters of the share of their spectral energy "
+                        "(|DTFT|^2 summed over input channels, integrated exactly) outside |fy|, |fx| <= "
+                        "1/(2 stride) cycles/pixel, the Nyquist band of conv1's output grid",
         },
     }
     atomic_write_json(out / "architectures.json", result)
