@@ -148,5 +148,21 @@ def test_run_without_snapshots_has_no_evolution_figure(runs, tmp_path):
     shutil.copytree(paths["zfnet-tiny"], run, ignore=shutil.ignore_patterns("snapshots"))
     index = visualize_run(run, data, layers=["conv1"], maps=2, out=tmp_path / "figs", show_progress=False)
     assert index["snapshots"] == [] and set(index["figures"]) == {"top9-conv1", "filters-conv1"}
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["filters-conv1.png", "index.json",
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["filters-conv1.png", "index.json", "maps",
                                                                      "top9-conv1.png"]
+    entry = next(iter(index["layers"]["conv1"].values()))
+    assert "evolution_png" not in entry and (tmp_path / "figs" / entry["projections_png"]).is_file()
+
+
+def test_every_map_has_its_own_tiles(visualized):
+    data, run, out, index = visualized
+    names = load_run(run).class_names
+    for entries in index["layers"].values():
+        for entry in entries.values():
+            proj, patches = _png(out / entry["projections_png"]), _png(out / entry["patches_png"])
+            assert proj.size == patches.size  # two 3x3 grids of the same windows
+            assert min(proj.size) >= 96  # enlarged for the report
+            assert len(entry["labels"]) == len(entry["image_ids"]) and set(entry["labels"]) <= set(names)
+            # The fixture shows 4 maps, fewer than evolution_maps (8): every map has its strip.
+            strip = _png(out / entry["evolution_png"])
+            assert strip.width > strip.height  # one row: a projection per snapshot (2 here)

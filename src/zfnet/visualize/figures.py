@@ -247,6 +247,36 @@ def draw_top_projections(projections: torch.Tensor, patches: torch.Tensor, chann
     return _save(fig, path, dpi)
 
 
+def save_image(image: torch.Tensor, path: str | Path, *, min_side: int = 96) -> Path:
+    """Write one (C, H, W) image in [0, 1] as a PNG, enlarged by a whole factor to at least ``min_side``.
+
+    Pixels are repeated (nearest neighbour), so small tiles stay sharp in a browser.
+    """
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected one (1 or 3, H, W) image, got shape {tuple(image.shape)}")
+    factor = max(1, -(-min_side // max(1, min(image.shape[-2:]))))
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = pixels.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    array = pixels.permute(1, 2, 0).cpu().numpy()
+    from PIL import Image
+
+    from .._io import atomic_write
+
+    picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def map_tiles(projections: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One map's top-k projections and patches as two square grids, as in :func:`draw_top_projections`.
+
+    Shape:
+        projections (k, C, H, W), patches (k, C, h, w) -> two (C, H', W') images in [0, 1].
+    """
+    side = int(np.ceil(np.sqrt(projections.shape[0])))
+    return (tile(normalize_projection(projections), side, _grid_pad(projections.shape[-1])),
+            tile(_pixels(patches), side, _grid_pad(patches.shape[-1])))
+
+
 def draw_filters(weights: torch.Tensor, path: str | Path, *, title: str = "conv1 filters", ncol: int | None = None,
                  dpi: int = 100) -> Path:
     """Layer-1 filters drawn directly, each contrast-normalised on its own (zero at mid-grey).

@@ -39,6 +39,10 @@ from .figures import (
     draw_evolution,
     draw_filters,
     draw_top_projections,
+    map_tiles,
+    normalize_projection,
+    save_image,
+    tile,
 )
 from .receptive_field import receptive_fields
 from .topk import TopK, project_top_activations, top_activations
@@ -68,6 +72,11 @@ class _Images:
         self.order: list[int] = []  # data set index of each image in iteration order
         self.mean, self.size, self.batch_size = run.mean, run.input_size, batch_size
         self.dataset_size = len(ds)
+        self.dataset = ds
+
+    def label_name(self, dataset_index: int) -> str:
+        """The class name of an image, by data set index."""
+        return self.dataset.class_names[self.dataset.samples[dataset_index][1]]
 
     def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> model input: mean subtracted, centre crop."""
@@ -240,13 +249,19 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
         png = draw_top_projections(projections, patches, chosen, out / f"top{k}-{layer}.png", layer=layer)
         index["figures"][f"top{k}-{layer}"] = png.name
         entries = {}
-        for c in chosen:
+        for i, c in enumerate(chosen):
             valid = t.image_index[c] >= 0
+            ids = [images.order[j] for j in t.image_index[c][valid].tolist()]
+            # Per map, the two grids of the layer figure as images of their own (the report's map pages).
+            proj_tile, patch_tile = map_tiles(projections[i], patches[i])
             entries[str(c)] = {
-                "image_ids": [images.order[i] for i in t.image_index[c][valid].tolist()],
+                "image_ids": ids,
                 "positions": t.position[c][valid].tolist(),
                 "values": t.values[c][valid].tolist(),
+                "labels": [images.label_name(j) for j in ids],
                 "png": png.name,
+                "projections_png": _rel(save_image(proj_tile, out / "maps" / f"{layer}-{c}-projections.png"), out),
+                "patches_png": _rel(save_image(patch_tile, out / "maps" / f"{layer}-{c}-patches.png"), out),
             }
         index["layers"][layer] = entries
 
@@ -256,8 +271,12 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
 
     epochs = RunFiles(loaded.root).list_snapshots()
     if epochs:
-        index["figures"].update(_evolution(loaded, images, layers, shown, epochs, out, evolution_maps=evolution_maps,
-                                           evolution_images=evolution_images, seed=seed, show_progress=show_progress))
+        figures, strips = _evolution(loaded, images, layers, shown, epochs, out, evolution_maps=evolution_maps,
+                                     evolution_images=evolution_images, seed=seed, show_progress=show_progress)
+        index["figures"].update(figures)
+        for layer, per_map in strips.items():
+            for c, name in per_map.items():
+                index["layers"][layer][str(c)]["evolution_png"] = name
     index["snapshots"] = epochs
     atomic_write_json(out / "index.json", index)
     return index
@@ -269,10 +288,11 @@ def _model_name(run: LoadedRun) -> str:
 
 def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dict[str, list[int]],
                epochs: list[int], out: Path, *, evolution_maps: int, evolution_images: int, seed: int,
-               show_progress: bool) -> dict[str, str]:
+               show_progress: bool) -> tuple[dict[str, str], dict[str, dict[int, str]]]:
     """Fig. 4: per snapshot, re-run top-1 over a subset of the images and project each map's strongest.
 
-    Each projection is cut to the receptive field of its activation.
+    Each projection is cut to the receptive field of its activation. Returns the layer figures and,
+    per layer and map, a one-row strip of its projections across the snapshots.
     """
     n = len(images.order)
     g = torch.Generator().manual_seed(seed)
@@ -291,12 +311,21 @@ def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dic
             rf = receptive_fields(deconv, tuple(x.shape[-2:]), in_channels=x.shape[1])[layer]
             windows = rf.windows(top[layer].position[maps[layer], 0].clamp(min=0))
             per_layer[layer].append(_cut(proj[:, 0], windows))  # (M, 3, h, w)
-    figures = {}
+    figures: dict[str, str] = {}
+    strips: dict[str, dict[int, str]] = {}
     for layer in layers:
         stacked = torch.stack(per_layer[layer], dim=1)  # (M, E, 3, H, W)
         png = draw_evolution(stacked, epochs, maps[layer], out / f"evolution-{layer}.png", layer=layer)
         figures[f"evolution-{layer}"] = png.name
-    return figures
+        strips[layer] = {}
+        for i, c in enumerate(maps[layer]):
+            strip = tile(normalize_projection(stacked[i]), len(epochs), max(1, stacked.shape[-1] // 16))
+            strips[layer][c] = _rel(save_image(strip, out / "maps" / f"{layer}-{c}-evolution.png"), out)
+    return figures, strips
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
 
 
 def _run_data(run: LoadedRun) -> str:
