@@ -25,10 +25,10 @@ def test_quick_demo_runs_and_resumes(tmp_path, capsys):
     report = out / "report" / "index.html"
     assert f"report: {report}" in printed and report.is_file()
     for name in ("visualize/index.json", "occlusion/occlusion.json", "correspondence/correspondence.json",
-                 "invariance/invariance.json"):
+                 "invariance/invariance.json", "transfer/transfer.json", "transfer/probes.json"):
         assert (out / name).is_file(), name
     pages = {p.name for p in (out / "report").rglob("*.html")}
-    assert {"occlusion.html", "invariance.html", "correspondence.html"} <= pages, pages
+    assert {"occlusion.html", "invariance.html", "correspondence.html", "transfer.html", "probes.html"} <= pages, pages
     # A second run finds everything done and recomputes nothing (the report is rebuilt from the results).
     again = run_demo(out, quick=True, show_progress=False)
     assert again.stages == ["nothing left to do"]
@@ -56,7 +56,7 @@ def test_interrupted_demo_resumes_training(tmp_path, monkeypatch):
     result = run_demo(out, quick=True, show_progress=False)
     # Data and ZFNet were not redone; the analyses come after the training.
     assert result.stages == ["train alexnet", "evaluate", "deconvnet figures", "occlusion", "correspondence",
-                             "invariance"]
+                             "invariance", "transfer and probes"]
     rows = [json.loads(line) for line in (out / "runs" / "alexnet" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 

@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_tr.add_argument("--test-cap", type=_positive_int, default=None,
                       help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
     p_tr.add_argument("--no-baseline", action="store_true", help="skip training the architecture from scratch")
+    p_tr.add_argument("--no-untrained", action="store_true",
+                      help="skip the softmax on the untrained (random-weight) architecture's frozen features")
     p_tr.add_argument("--scratch-steps", type=_positive_int, default=300,
                       help="SGD steps of each from-scratch training")
     p_tr.add_argument("--scratch-batch-size", type=_positive_int, default=32, help="images per from-scratch step")
@@ -324,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_abl.add_argument("--base", default="zfnet", choices=list_models(), metavar="NAME",
                        help=f"model the variants change: {', '.join(list_models())}")
     p_abl.add_argument("--variants", type=_csv_names, default=None,
-                       help="comma-separated variants (default: the paper's nine rows)")
+                       help="comma-separated variants; the paper's nine rows when not given")
     p_abl.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="epochs per variant")
     p_abl.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per SGD step")
     p_abl.add_argument("--lr", type=float, default=defaults.lr, help="initial learning rate")
@@ -661,7 +663,8 @@ def _exp_transfer(args: argparse.Namespace) -> int:
     recipe = ScratchRecipe(steps=args.scratch_steps, batch_size=args.scratch_batch_size, lr=args.scratch_lr)
     result = run_transfer(load_run(args.run, args.weights), args.data, args.out, layout=args.layout,
                           per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
-                          baseline=not args.no_baseline, recipe=recipe, l2=args.l2, layer=args.layer,
+                          baseline=not args.no_baseline, untrained=not args.no_untrained, recipe=recipe,
+                          l2=args.l2, layer=args.layer,
                           include_background=args.include_background, features_dir=args.features,
                           batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
                           show_progress=not args.quiet)

@@ -11,7 +11,9 @@ Stages, each skipped when a previous (interrupted) demo in the same folder finis
 5. ``occlusion/``: occlusion panels for one image per class and the pointing game (Fig. 7);
 6. ``correspondence/``: the correspondence analysis of the faces' parts (Table 1);
 7. ``invariance/``: translation, scale and rotation curves (Fig. 5);
-8. ``report/index.html``: the offline report of everything above.
+8. ``secondary/`` and ``transfer/``: ZFNet's frozen features on the disjoint secondary classes, against
+   training from scratch (Tables 4-5), and a linear probe per layer (Table 7);
+9. ``report/index.html``: the offline report of everything above.
 
 ``DIR/demo.json`` marks the folder as a demo's, so a re-run resumes it and a foreign non-empty
 folder is refused rather than written into.
@@ -34,7 +36,7 @@ __all__ = ["run_demo", "DemoResult", "DemoPlan", "PLANS"]
 log = logging.getLogger("zfnet")
 
 MARKER = "demo.json"
-STAGES = 8
+STAGES = 9
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class DemoPlan:
     correspondence_images: int = 5
     correspondence_trials: int = 10
     invariance_images: int = 5
+    secondary_per_class: int = 80  # images per secondary class (train/ and val/ pooled by the transfer)
+    transfer_per_class: tuple[int, ...] = (15, 30)
+    transfer_splits: int = 5
+    scratch_steps: int = 300  # SGD steps of the from-scratch baseline
 
 
 PLANS = {
@@ -68,7 +74,8 @@ PLANS = {
     "quick": DemoPlan(classes=4, per_class=24, val_per_class=8, image_size=72,
                       models=(("zfnet", "zfnet-tiny"), ("alexnet", "alexnet-tiny")), epochs=3, batch_size=16,
                       lr_patience=2, snapshots=(1, 2, 3), vis_maps=4, vis_images=32, occlusion_images=2,
-                      pointing_images=8, correspondence_images=3, correspondence_trials=2, invariance_images=2),
+                      pointing_images=8, correspondence_images=3, correspondence_trials=2, invariance_images=2,
+                      secondary_per_class=12, transfer_per_class=(5,), transfer_splits=2, scratch_steps=10),
 }
 
 
@@ -206,6 +213,8 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
     """Stages 4-7: each writes its JSON last, so a finished stage is recognised by that file."""
     from .analysis.jobs import correspondence_job, invariance_job
     from .analysis.occlusion_job import default_window, occlusion_job
+    from .analysis.transfer import ScratchRecipe, transfer_study
+    from .data.synthetic import write_synthetic
     from .train.checkpoint import load_run
     from .visualize.job import compare_architectures, visualize_run
 
@@ -243,4 +252,16 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
     stage(7, "invariance", out / "invariance" / "invariance.json",
           lambda: invariance_job(zfnet, data, out / "invariance", images=plan.invariance_images, seed=seed,
                                  show_progress=show_progress))
+
+    def transfer() -> None:
+        secondary = out / "secondary"
+        if not (secondary / "annotations.json").is_file():
+            write_synthetic(secondary, classes=plan.classes, per_class=plan.secondary_per_class, val_per_class=1,
+                            seed=seed, size=plan.image_size, class_set="secondary", progress=show_progress)
+        # The probes run before the transfer, which writes transfer.json (the stage's mark) last.
+        transfer_study(zfnet, secondary, out / "transfer", per_class=plan.transfer_per_class,
+                       splits=plan.transfer_splits, probe_per_class=max(plan.transfer_per_class), seed=seed,
+                       recipe=ScratchRecipe(steps=plan.scratch_steps), show_progress=show_progress)
+
+    stage(8, "transfer and probes", out / "transfer" / "transfer.json", transfer)
     return done
