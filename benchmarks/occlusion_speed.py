@@ -10,14 +10,17 @@ machine hurts every way alike):
 - ``zfnet exact``: :func:`zfnet.analysis.occlusion.occlusion` (incremental, all four panels: target
   probability, top class, conv5 activity and the conv5 projection);
 - ``zfnet approximate``: the same with projective fields capped at ``--cap`` of each map;
+- ``zfnet coarse``: every other position exact, the rest interpolated or drilled down (on random weights the
+  map is flat and nothing is drilled down: this is the mode's best case; ``--run`` measures it on real maps);
 - ``zfnet brute``: one full forward pass per position, batched (the reference the exact mode equals);
 - Captum's ``Occlusion`` (if installed: ``pip install --no-deps captum``) on the softmax of the same
   model, at each ``perturbations_per_eval`` of ``--ppe``: the probability map only.
 
 The exact map is checked against brute force (max difference of probabilities, top classes). Random
-weights (the paper's initialisation) and a random image: the cost does not depend on the values. With
-``--run`` the approximate mode's SSIM against the exact map is measured on real images of a trained
-run, where the maps have structure (on random weights they are flat).
+weights (the paper's initialisation) and a random image: the cost of the exact, approximate and brute
+ways does not depend on the values. With ``--run`` both approximate modes are measured on real images of
+a trained run, where the maps have structure (on random weights they are flat): their speed-up over the
+exact mode on the same images and the SSIM of their maps against the exact ones.
 """
 
 from __future__ import annotations
@@ -47,21 +50,34 @@ def captum_occlusion(model: torch.nn.Module, image: torch.Tensor, target: int, w
                                                   target=target, perturbations_per_eval=ppe)
 
 
-def ssim_on_run(run: str, data: str, images: int, window: int, stride: int, cap: float) -> list[float]:
+def modes_on_run(run: str, data: str, images: int, window: int, stride: int, cap: float, tol: float,
+                 batch_size: int) -> dict[str, dict[str, list[float]]]:
+    """Per approximate mode, on real validation images of a trained run: seconds of the exact mode and of
+    the approximate one (alternating, image by image), and the approximate map's SSIM against the exact."""
+    from zfnet.analysis.occlusion import ssim
     from zfnet.data import open_dataset
     from zfnet.data.transforms import center_crop
+    from zfnet.deconvnet import Deconvnet
     from zfnet.train import load_run
 
     loaded = load_run(run)
+    deconv = Deconvnet(loaded.model)
     dataset = open_dataset(data, "val", loaded.base_size)
-    scores = []
+    modes = {"approximate": {"cap": cap}, "coarse": {"tol": tol}}
+    out = {m: {"exact_s": [], "mode_s": [], "ssim": []} for m in modes}
     step = max(1, len(dataset) // images)
     for index in range(0, len(dataset), step)[:images]:
         img, label = dataset[index][:2]
         x = center_crop(img[None].float() - loaded.mean, loaded.input_size)[0]
-        approx = occlusion(loaded.model, x, label, window, stride, mode="approximate", cap=cap)
-        scores.append(approx.ssim)
-    return scores
+        for mode, kw in modes.items():
+            t = time.perf_counter()
+            exact = occlusion(deconv, x, label, window, stride, batch_size=batch_size)
+            out[mode]["exact_s"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            approx = occlusion(deconv, x, label, window, stride, batch_size=batch_size, mode=mode, check=False, **kw)
+            out[mode]["mode_s"].append(time.perf_counter() - t)
+            out[mode]["ssim"].append(ssim(approx.prob_true, exact.prob_true))
+    return out
 
 
 def main() -> None:
@@ -74,8 +90,10 @@ def main() -> None:
     parser.add_argument("--ppe", default="16,32,64,128", help="Captum perturbations_per_eval values to try")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the fastest of each way counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--run", default=None, help="a trained run: measure the approximate mode's SSIM on it")
+    parser.add_argument("--run", default=None,
+                        help="a trained run: measure the approximate modes' speed-up and SSIM on it")
     parser.add_argument("--data", default=None, help="the run's data folder (with --run)")
+    parser.add_argument("--tol", type=float, default=0.05, help="coarse mode's drill-down tolerance")
     parser.add_argument("--ssim-images", type=int, default=20, help="validation images for the SSIM")
     args = parser.parse_args()
     if args.threads:
@@ -96,6 +114,8 @@ def main() -> None:
         "zfnet approximate": lambda: occlusion(model, image, target, args.window, args.stride,
                                                batch_size=args.batch_size, mode="approximate", cap=args.cap,
                                                check=False),
+        "zfnet coarse": lambda: occlusion(model, image, target, args.window, args.stride, batch_size=args.batch_size,
+                                          mode="coarse", tol=args.tol, check=False),
         "zfnet brute": lambda: occlusion(model, image, target, args.window, args.stride, batch_size=args.batch_size,
                                          mode="brute"),
     }
@@ -134,9 +154,16 @@ def main() -> None:
         size = load_run(args.run).input_size
         scale = size / args.size
         window, stride = max(1, round(args.window * scale)), max(1, round(args.stride * scale))
-        scores = ssim_on_run(args.run, args.data, args.ssim_images, window, stride, args.cap)
-        print(f"\napproximate mode (cap {args.cap}) on {args.run}, {len(scores)} val images at {size} px, window "
-              f"{window}, stride {stride}: SSIM vs exact mean {statistics.mean(scores):.3f}, min {min(scores):.3f}")
+        measured = modes_on_run(args.run, args.data, args.ssim_images, window, stride, args.cap, args.tol,
+                                args.batch_size)
+        print(f"\non {args.run}, {args.ssim_images} val images at {size} px, window {window}, stride {stride} "
+              f"(exact and each mode alternating, image by image):")
+        print(f"{'mode':<28}{'exact s':>9}{'mode s':>9}{'speed-up':>10}{'SSIM mean':>11}{'SSIM min':>10}")
+        for mode, m in measured.items():
+            setting = f"cap {args.cap}" if mode == "approximate" else f"tol {args.tol}"
+            total_exact, total_mode = sum(m["exact_s"]), sum(m["mode_s"])
+            print(f"{mode + ' (' + setting + ')':<28}{total_exact:9.2f}{total_mode:9.2f}"
+                  f"{total_exact / total_mode:9.2f}x{statistics.mean(m['ssim']):11.3f}{min(m['ssim']):10.3f}")
 
 
 if __name__ == "__main__":

@@ -188,9 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="occluder side in pixels (default: 32 at 224 px input, in proportion)")
     p_occ.add_argument("--stride", type=_positive_int, default=None, help="occluder step (default: window / 4)")
     p_occ.add_argument("--layer", default="conv5", help="layer of panels (b) and (c)")
-    p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate"),
-                       help="exact, or approximate (projective fields capped at --cap; reports its SSIM)")
+    p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate", "coarse"),
+                       help="exact; approximate (projective fields capped at --cap) or coarse (every other "
+                       "position, drilling down where neighbours differ by more than --tol), with their SSIM")
     p_occ.add_argument("--cap", type=float, default=0.5, help="approximate mode: largest share of a map recomputed")
+    p_occ.add_argument("--tol", type=float, default=0.05,
+                       help="coarse mode: probability spread between neighbours above which a position is computed")
     p_occ.add_argument("--images", type=_positive_int, default=10, help="with --data: images shown")
     p_occ.add_argument("--split", default="val", help="with --data: split folder")
     p_occ.add_argument("--pointing-game", type=_positive_int, default=None, metavar="N",
@@ -641,7 +644,8 @@ def _cmd_occlusion(args: argparse.Namespace) -> int:
     target = args.target
     result = occlusion_job(args.run, args.out, images=args.image or (), data=args.data, n_images=args.images,
                            split=args.split, target=target, window=args.window, stride=args.stride,
-                           layer=args.layer, mode=args.mode, cap=args.cap, pointing=args.pointing_game,
+                           layer=args.layer, mode=args.mode, cap=args.cap, tol=args.tol,
+                           pointing=args.pointing_game,
                            batch_size=args.batch_size, weights=args.weights, seed=args.seed)
     for r in result["images"]:
         inside = "" if r["most_sensitive_in_box"] is None else (

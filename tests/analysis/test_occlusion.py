@@ -187,6 +187,58 @@ def test_approximate_mode_reports_its_error() -> None:
     assert exact.ssim is None
 
 
+class _Counter:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def update(self, n: int) -> None:
+        self.calls.append(n)
+
+
+def _bilinear(grid: torch.Tensor, i: int, j: int) -> float:
+    """``grid`` at (i, j) interpolated from the coarse lines (even indices and the last), by hand."""
+    def around(k: int, n: int) -> tuple[int, int, float]:
+        lines = sorted(set(range(0, n, 2)) | {n - 1})
+        lo, hi = max(x for x in lines if x <= k), min(x for x in lines if x >= k)
+        return lo, hi, 0.0 if hi == lo else (k - lo) / (hi - lo)
+
+    (r0, r1, u), (c0, c1, v) = around(i, grid.shape[0]), around(j, grid.shape[1])
+    return float((1 - u) * (1 - v) * grid[r0, c0] + (1 - u) * v * grid[r0, c1] + u * (1 - v) * grid[r1, c0]
+                 + u * v * grid[r1, c1])
+
+
+def test_coarse_mode_computes_coarse_lines_and_drills_down_where_neighbours_disagree() -> None:
+    net = MODELS["zfnet-tiny"][0]()
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(7))
+    exact = occlusion(net, image, target=1, window=12, stride=4)  # a 14 x 14 grid
+    gh, gw = exact.prob_true.shape
+    assert (gh, gw) == (14, 14)
+    # tol 0: every position whose corners differ at all is computed, which is all of them here.
+    full = occlusion(net, image, target=1, window=12, stride=4, mode="coarse", tol=0.0)
+    torch.testing.assert_close(full.prob_true, exact.prob_true, atol=1e-5, rtol=0)
+    assert full.ssim == pytest.approx(1.0)
+    counter = _Counter()
+    tol = float(exact.prob_true.max() - exact.prob_true.min()) / 4
+    coarse = occlusion(net, image, target=1, window=12, stride=4, mode="coarse", tol=tol, progress=counter)
+    assert sum(counter.calls) == gh * gw  # interpolated positions count as done for the progress bar
+    lines = sorted(set(range(0, gh, 2)) | {gh - 1})
+    interpolated = drilled = 0
+    for i in range(gh):
+        for j in range(gw):
+            if i in lines and j in lines:  # computed exactly
+                assert abs(coarse.prob_true[i, j] - exact.prob_true[i, j]) < 1e-5
+            elif abs(coarse.prob_true[i, j] - exact.prob_true[i, j]) < 1e-6 and \
+                    abs(coarse.activity[i, j] - exact.activity[i, j]) <= 1e-4 * abs(exact.activity[i, j]):
+                drilled += 1
+            else:  # interpolated: the activity is the bilinear mix of the exact corners'
+                interpolated += 1
+                assert coarse.activity[i, j].item() == pytest.approx(_bilinear(exact.activity, i, j), rel=1e-4)
+    assert interpolated > 0 and drilled > 0
+    assert 0 < coarse.ssim < 1 and coarse.ssim == pytest.approx(ssim(coarse.prob_true, exact.prob_true))
+    with pytest.raises(ValueError, match="tol must be at least 0"):
+        occlusion(net, image, target=1, window=12, stride=4, mode="coarse", tol=-1.0)
+
+
 def test_ssim_properties() -> None:
     gen = torch.Generator().manual_seed(6)
     a = torch.rand(20, 20, generator=gen)

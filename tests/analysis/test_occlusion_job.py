@@ -129,6 +129,16 @@ def test_cli(synth_run, tmp_path, capsys):
     assert len(saved["images"]) == 2 and (out / "occlusion-001.png").is_file()
 
 
+def test_cli_coarse_mode_records_its_ssim(synth_run, tmp_path, capsys):
+    data, run = synth_run
+    out = tmp_path / "coarse"
+    assert main(["occlusion", str(run), "--data", str(data), "--out", str(out), "--images", "1", "--window", "16",
+                 "--stride", "4", "--mode", "coarse", "--tol", "0"]) == 0
+    saved = json.loads((out / "occlusion.json").read_text())
+    assert saved["mode"] == "coarse"
+    assert saved["images"][0]["ssim"] == pytest.approx(1.0)  # tol 0 drills down wherever neighbours differ
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--image", "missing.png"], "image missing.png does not exist"),
     (["--data", "{data}", "--target", "unicorn"], "unknown class 'unicorn'"),

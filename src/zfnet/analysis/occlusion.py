@@ -16,9 +16,11 @@ the changed part of its input is small (``W x' = W x + W[:, changed] (x' - x)[ch
 first stage it cannot reason about (an adaptive pooling, say) it falls back to full computation.
 The result equals one full forward pass per position up to floating-point rounding.
 
-The optional approximate mode caps the projective field at a fraction of each map, as Krypton's
-approximate inference does, and measures its own error: the SSIM of its probability map against
-the exact one (:func:`ssim`).
+Two optional approximate modes measure their own error, the SSIM of their probability map against the
+exact one (:func:`ssim`): ``"approximate"`` caps the projective field at a fraction of each map, as
+Krypton's approximate inference does; ``"coarse"`` computes every other grid position exactly,
+interpolates the rest, and drills down (computes exactly) wherever the interpolation's corners disagree
+by more than a tolerance or predict different top classes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..visualize.deconvnet import Deconvnet, _eval_mode, _Stage
 __all__ = ["occlusion", "OcclusionResult", "occlusion_grid", "ssim", "MODES"]
 
 #: The ways :func:`occlusion` can compute the maps.
-MODES = ("exact", "approximate", "brute")
+MODES = ("exact", "approximate", "coarse", "brute")
 
 # Stages applied position by position: their output at a pixel depends only on the input at that pixel.
 _POINTWISE = frozenset({"relu", "lrn", "bn", "pass"})
@@ -58,7 +60,8 @@ class OcclusionResult:
         clean_prob: ``target``'s probability on the unoccluded image.
         clean_activity: the map's total activation on the unoccluded image.
         layer, window, stride, fill, mode: how the maps were made.
-        ssim: approximate mode with ``check=True``: SSIM of ``prob_true`` against the exact map; else None.
+        ssim: approximate and coarse modes with ``check=True``: SSIM of ``prob_true`` against the exact map;
+            else None.
 
     Position ``(i, j)`` of a grid is the occluder with its top-left corner at pixel
     ``(i * stride, j * stride)``.
@@ -360,7 +363,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float | None = None, w
 
 def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, window: int, stride: int,
               fill: float = 0.0, layer: str = "conv5", batch_size: int = 64, *, mode: str = "exact",
-              cap: float = 0.5, check: bool = True, channel: int | None = None,
+              cap: float = 0.5, tol: float = 0.05, check: bool = True, channel: int | None = None,
               progress: object | None = None) -> OcclusionResult:
     """Slide a grey square over ``image`` and record the paper's four occlusion panels (Fig. 7).
 
@@ -376,10 +379,14 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
         layer: the layer whose strongest feature map gives panels (b) and (c).
         batch_size: occluder positions computed together.
         mode: ``"exact"`` (incremental, equal to brute force up to rounding), ``"approximate"``
-            (projective fields capped at ``cap`` of each map) or ``"brute"`` (one full forward pass
-            per position, the reference).
+            (projective fields capped at ``cap`` of each map), ``"coarse"`` (every other position
+            exact, the rest interpolated unless the neighbours disagree by more than ``tol``) or
+            ``"brute"`` (one full forward pass per position, the reference).
         cap: approximate mode: the largest share of a map's side that a changed rectangle may span.
-        check: approximate mode: also compute the exact map and store the SSIM against it.
+        tol: coarse mode: a position between computed ones is computed too when the target
+            probabilities of its interpolation corners span more than ``tol``, or their top classes
+            differ; otherwise its logits and activity are interpolated bilinearly. 0 computes all.
+        check: approximate and coarse modes: also compute the exact map and store the SSIM against it.
         channel: the feature map for panels (b) and (c); default: the strongest on the clean image.
         progress: optional object with ``update(n)`` called after each batch (a progress bar).
 
@@ -388,7 +395,7 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
 
     Raises:
         ValueError: an image that is not (C, H, W), a target out of range, an occluder larger than the
-            image, an unknown layer or mode, a cap outside (0, 1].
+            image, an unknown layer or mode, a cap outside (0, 1], a negative tol.
 
     Example:
         >>> import torch
@@ -408,6 +415,8 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
         raise ValueError(f"cap must be in (0, 1], got {cap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be at least 0, got {tol}")
     gh, gw = occlusion_grid(image.shape[1], image.shape[2], int(window), int(stride))
     layer_index = deconv._stage_index(layer)
     with _eval_mode(deconv.model), torch.no_grad():
@@ -417,32 +426,86 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
             raise ValueError(f"target {target} is out of range for a model with {classes} classes")
         ii, jj = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         rows, cols = (ii.flatten() * stride).to(image.device), (jj.flatten() * stride).to(image.device)
-        logits, activity = [], []
-        for start in range(0, len(rows), batch_size):
-            r, c = rows[start:start + batch_size], cols[start:start + batch_size]
-            if mode == "brute":
-                out, act = _brute(engine, r, c, window, fill)
-            else:
-                out, act = engine.run(r, c, window, fill)
-            logits.append(out)
-            activity.append(act)
+
+        def compute(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Logits and activity at the grid positions ``index`` (flat), in batches."""
+            out_l, out_a = [], []
+            for start in range(0, len(index), batch_size):
+                chunk = index[start:start + batch_size].to(rows.device)
+                r, c = rows[chunk], cols[chunk]
+                out, act = _brute(engine, r, c, window, fill) if mode == "brute" else engine.run(r, c, window, fill)
+                out_l.append(out)
+                out_a.append(act)
+                if progress is not None:
+                    progress.update(len(r))  # type: ignore[attr-defined]
+            return torch.cat(out_l), torch.cat(out_a)
+
+        if mode == "coarse":
+            logits, activity, computed = _coarse_to_fine(compute, gh, gw, int(target), tol)
             if progress is not None:
-                progress.update(len(r))  # type: ignore[attr-defined]
-        probs = torch.softmax(torch.cat(logits).float(), dim=1)
+                progress.update(gh * gw - computed)  # type: ignore[attr-defined]  # interpolated
+        else:
+            logits, activity = compute(torch.arange(gh * gw))
+        probs = torch.softmax(logits.float(), dim=1)
         top_prob, top_class = probs.max(1)
         clean_prob = float(torch.softmax(engine.logits.float(), 0)[target])
         projection = deconv.project(image[None], layer, engine.channel, keep="max")[0]
     result = OcclusionResult(
         prob_true=probs[:, target].reshape(gh, gw).cpu(), top_class=top_class.reshape(gh, gw).cpu(),
-        top_prob=top_prob.reshape(gh, gw).cpu(), activity=torch.cat(activity).float().reshape(gh, gw).cpu(),
+        top_prob=top_prob.reshape(gh, gw).cpu(), activity=activity.float().reshape(gh, gw).cpu(),
         projection=projection.cpu(), channel=engine.channel, target=int(target), clean_prob=clean_prob,
         clean_activity=engine.clean_activity, layer=layer, window=int(window), stride=int(stride),
         fill=float(fill), mode=mode)
-    if mode == "approximate" and check:
+    if mode in ("approximate", "coarse") and check:
         exact = occlusion(deconv, image, target, window, stride, fill, layer, batch_size, mode="exact",
                           channel=engine.channel)
         result = _replace(result, ssim=ssim(result.prob_true, exact.prob_true))
     return result
+
+
+def _coarse_axis(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every other index of ``0 .. n-1`` and the last: the coarse lines, and for each index its two
+    neighbouring coarse lines and its weight on the second (0 on a coarse line)."""
+    coarse = sorted(set(range(0, n, 2)) | {n - 1})
+    lo = torch.tensor([max(c for c in coarse if c <= i) for i in range(n)])
+    hi = torch.tensor([min(c for c in coarse if c >= i) for i in range(n)])
+    weight = torch.where(hi > lo, (torch.arange(n) - lo).float() / (hi - lo).clamp(min=1).float(), 0.0)
+    return torch.tensor(coarse), lo, hi, weight
+
+
+def _coarse_to_fine(compute, gh: int, gw: int, target: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The coarse mode: exact at every other row and column, interpolated or drilled down in between.
+
+    Returns the logits and activities of every position and how many positions were computed."""
+    rows_c, r_lo, r_hi, r_w = _coarse_axis(gh)
+    cols_c, c_lo, c_hi, c_w = _coarse_axis(gw)
+    done = torch.zeros(gh, gw, dtype=torch.bool)
+    done[rows_c[:, None], cols_c[None, :]] = True
+    first = done.flatten().nonzero().flatten()
+    logits_c, act_c = compute(first)
+    logits = torch.zeros(gh * gw, logits_c.shape[1], dtype=logits_c.dtype, device=logits_c.device)
+    activity = torch.zeros(gh * gw, dtype=act_c.dtype, device=act_c.device)
+    logits[first.to(logits.device)], activity[first.to(activity.device)] = logits_c, act_c
+    # The four corners of every position's interpolation cell (flat indices, all computed).
+    corners = [(r[:, None] * gw + c[None, :]).flatten() for r in (r_lo, r_hi) for c in (c_lo, c_hi)]
+    wr, wc = r_w[:, None].expand(gh, gw).flatten(), c_w[None, :].expand(gh, gw).flatten()
+    weights = [(1 - wr) * (1 - wc), (1 - wr) * wc, wr * (1 - wc), wr * wc]
+    dev = logits.device
+    probs = torch.softmax(logits.float(), dim=1)
+    corner_p = torch.stack([probs[k.to(dev), target] for k in corners])
+    corner_top = torch.stack([probs[k.to(dev)].argmax(1) for k in corners])
+    disagree = (corner_p.max(0).values - corner_p.min(0).values > tol) | (corner_top != corner_top[0]).any(0)
+    refine = (~done.flatten().to(dev)) & disagree
+    index = refine.nonzero().flatten()
+    if len(index):
+        logits[index], activity[index] = compute(index.cpu())
+    rest = ~(done.flatten().to(dev) | refine)
+    if rest.any():
+        mix = sum(w.to(dev)[:, None] * logits[k.to(dev)].float() for w, k in zip(weights, corners))
+        mix_a = sum(w.to(dev) * activity[k.to(dev)].float() for w, k in zip(weights, corners))
+        logits[rest] = mix[rest].to(logits.dtype)
+        activity[rest] = mix_a[rest].to(activity.dtype)
+    return logits, activity, len(first) + len(index)
 
 
 def _replace(result: OcclusionResult, **changes: object) -> OcclusionResult:

@@ -218,7 +218,8 @@ def _spread(labels: Sequence[int], n: int | None) -> list[int]:
 def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Sequence[str | Path] = (),
                   data: str | Path | None = None, n_images: int = 6, split: str = "val",
                   target: str | int | None = None, window: int | None = None, stride: int | None = None,
-                  layer: str = "conv5", mode: str = "exact", cap: float = 0.5, pointing: int | None = None,
+                  layer: str = "conv5", mode: str = "exact", cap: float = 0.5, tol: float = 0.05,
+                  pointing: int | None = None,
                   batch_size: int = 64, weights: str = "best", seed: int = 0,
                   show_progress: bool = True) -> dict[str, Any]:
     """Occlusion panels (Fig. 7) for images of a run; writes PNGs and ``OUT/occlusion.json``.
@@ -232,7 +233,8 @@ def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Seque
         target: the class to map (name or index); default: the true class, else the predicted one.
         window, stride: the occluder; default :func:`default_window` of the input size.
         layer: the layer of panels (b) and (c).
-        mode: ``"exact"`` or ``"approximate"`` (then with the SSIM against exact).
+        mode: ``"exact"``, ``"approximate"`` (projective fields capped at ``cap``) or ``"coarse"``
+            (coarse-to-fine with tolerance ``tol``); the approximate ones with their SSIM against exact.
         pointing: with ``data``: also play the pointing game on up to this many images of ``split``.
 
     Returns:
@@ -273,7 +275,7 @@ def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Seque
             x, shown = _input(loaded, path)
             cls, label = _target(loaded, path, target, x)
             result = occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap,
-                               batch_size=batch_size)
+                               tol=tol, batch_size=batch_size)
             box = boxes.of(path)
             figure = f"occlusion-{n:03d}.png"
             name = _display(path, data)
