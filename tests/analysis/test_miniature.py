@@ -81,6 +81,13 @@ def test_second_call_resumes_everything(study, monkeypatch):
     assert again["findings"] == first["findings"]
 
 
+def test_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ZFNetError, match="holds no miniature study"):
+        miniature_study(tmp_path, show_progress=False, **TINY)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_variants_the_findings_need_are_required(tmp_path):
     with pytest.raises(ZFNetError, match="no-conv3-4"):
         miniature_study(tmp_path, show_progress=False, **{**TINY, "ablation": {"variants": ("base", "no-fc6-7")}})

@@ -153,6 +153,9 @@ def miniature_study(out: str | Path, *, seed: int = 0, data: dict[str, Any] | No
     missing = {"base", NO_FC, SHALLOW} - set(abl_spec["variants"])
     if missing:
         raise ZFNetError(f"the miniature needs the ablation variants {', '.join(sorted(missing))}")
+    ours = ("primary", "ablation", "secondary", "transfer", "miniature.json")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+        raise ZFNetError(f"{out} is not empty and holds no miniature study; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
