@@ -21,14 +21,7 @@ from zfnet.errors import ZFNetError
 from zfnet.models import build
 from zfnet.train.checkpoint import LoadedRun, RunFiles, load_run, save_mean, save_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster than several, and much faster on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

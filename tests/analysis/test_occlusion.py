@@ -10,14 +10,7 @@ from zfnet.analysis.occlusion import occlusion, occlusion_grid, ssim
 from zfnet.models import build
 from zfnet.visualize import Deconvnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster than several, and much faster on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _kaiming_(model: nn.Module) -> nn.Module:
