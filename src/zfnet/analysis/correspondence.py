@@ -22,14 +22,15 @@ coordinates. :mod:`zfnet.analysis.jobs` reads runs and annotation files and writ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..progress import progress
+from ..visualize.deconvnet import _eval_mode
+from ..visualize.topk import _model_like, _resolve_layers
 
 __all__ = [
     "layer_features", "occlude", "random_boxes", "sign_hamming", "DeltaScore", "delta_score",
@@ -44,26 +45,6 @@ DEFAULT_LAYERS = ("conv5", "fc7")
 
 DEFAULT_PARTS = ("right_eye", "left_eye", "nose")
 """The paper's parts, in Table 1's order."""
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the block; every module's own training flag is restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _model_like(model: nn.Module) -> torch.Tensor | None:
-    for t in model.parameters():
-        return t
-    for t in model.buffers():
-        return t
-    return None
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -108,14 +89,7 @@ def layer_features(model: nn.Module, images: torch.Tensor, layers: str | Sequenc
     _check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
-    if not names:
-        raise ValueError("layers is empty; name at least one layer")
-    modules = dict(model.named_modules())
-    for name in names:
-        if not isinstance(name, str) or not name or name not in modules:
-            valid = ", ".join(n for n in modules if n)
-            raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+    names, modules = _resolve_layers(model, layers)
     like = _model_like(model)
     captured: dict[str, torch.Tensor] = {}
 

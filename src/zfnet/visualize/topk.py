@@ -148,9 +148,31 @@ def _images_of(batch: object) -> torch.Tensor:
 
 
 def _model_like(model: nn.Module) -> torch.Tensor | None:
+    """A tensor of the model whose device and dtype its inputs should have: its first parameter, or its
+    first floating-point buffer when it has no parameters; None for neither."""
     for t in model.parameters():
         return t
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t
     return None
+
+
+def _resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> tuple[list[str], dict[str, nn.Module]]:
+    """``layers`` as a list of distinct module names of ``model`` (order kept), and the model's modules.
+
+    Raises:
+        ValueError: no layer, or a name that is not a module of ``model`` (the message lists the valid names).
+    """
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    if not names:
+        raise ValueError("layers is empty; name at least one layer")
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or not name or name not in modules:
+            valid = ", ".join(n for n in modules if n)
+            raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+    return names, modules
 
 
 def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Sequence[torch.Tensor]],
@@ -194,14 +216,7 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
-    if not names:
-        raise ValueError("layers is empty; name at least one layer")
-    modules = dict(model.named_modules())
-    for name in names:
-        if not isinstance(name, str) or not name or name not in modules:
-            valid = ", ".join(n for n in modules if n)
-            raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+    names, modules = _resolve_layers(model, layers)
     running = {name: _RunningTopK(name, k) for name in names}
     like = _model_like(model)
     seen = [0]
