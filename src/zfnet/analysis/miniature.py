@@ -11,7 +11,7 @@
    and a linear probe on every layer (Table 7);
 
 and then checks the three findings the paper reports and writes ``miniature.json`` (with a report
-block) and ``miniature.md``:
+block), ``miniature.md`` and ``miniature.csv``:
 
 - frozen pretrained features beat training from scratch on the same few images;
 - probe accuracy rises with depth overall (rank correlation of accuracy with depth);
@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json, atomic_write_text
 from ..data.synthetic import write_synthetic
 from ..errors import ZFNetError
 from .ablation import MINIATURE, MINIATURE_DATA, ablation_study
-from .transfer import ScratchRecipe, transfer_study
+from .transfer import ScratchRecipe, _write_outputs, transfer_study
 
 __all__ = ["miniature_study", "MINIATURE_SECONDARY", "MINIATURE_TRANSFER", "FINDINGS", "CRITERIA"]
 
@@ -98,9 +97,10 @@ def _pts(x: float) -> str:
 
 def _report(findings: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
     t, d, a = findings["transfer"], findings["depth"], findings["ablation"]
+    gains = "; ".join(f"{n}/class: {100 * t['pretrained'][n]:.1f}% vs {100 * t['scratch'][n]:.1f}%"
+                      for n in t["pretrained"])
     rows = [
-        [FINDINGS["transfer"], "; ".join(f"{n}/class: {100 * t['pretrained'][n]:.1f}% vs {100 * t['scratch'][n]:.1f}%"
-                                         for n in t["pretrained"]), "yes" if t["holds"] else "no", CRITERIA["transfer"]],
+        [FINDINGS["transfer"], gains, "yes" if t["holds"] else "no", CRITERIA["transfer"]],
         [FINDINGS["depth"], ", ".join(f"{k} {v:+.2f}" for k, v in d["rank_correlation"].items()),
          "yes" if d["holds"] else "no", CRITERIA["depth"]],
         [FINDINGS["ablation"], f"val top-1 error vs base: {_pts(a['val_top1_error_increase'][SHALLOW])} points "
@@ -114,14 +114,6 @@ def _report(findings: dict[str, Any], seconds: dict[str, float]) -> dict[str, An
     return {"title": "The findings in miniature", "summary": summary, "figures": [],
             "tables": [{"caption": "Each finding, what was measured, and whether it holds",
                         "columns": ["finding", "measured", "holds", "criterion"], "rows": rows}]}
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    table = report["tables"][0]
-    lines = [f"# {report['title']}", "", report["summary"], "",
-             "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table["rows"]]
-    return "\n".join(lines) + "\n"
 
 
 def miniature_study(out: str | Path, *, seed: int = 0, data: dict[str, Any] | None = None,
@@ -183,6 +175,5 @@ def miniature_study(out: str | Path, *, seed: int = 0, data: dict[str, Any] | No
                                                   for k, v in tr_spec.items()},
               "findings": findings, "seconds": seconds}
     result["report"] = _report(findings, seconds)
-    atomic_write_text(out / "miniature.md", _markdown(result["report"]))
-    atomic_write_json(out / "miniature.json", result)
+    _write_outputs(out, "miniature", result)
     return result
