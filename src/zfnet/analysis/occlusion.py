@@ -483,26 +483,27 @@ def _coarse_to_fine(compute, gh: int, gw: int, target: int, tol: float) -> tuple
     done[rows_c[:, None], cols_c[None, :]] = True
     first = done.flatten().nonzero().flatten()
     logits_c, act_c = compute(first)
-    logits = torch.zeros(gh * gw, logits_c.shape[1], dtype=logits_c.dtype, device=logits_c.device)
-    activity = torch.zeros(gh * gw, dtype=act_c.dtype, device=act_c.device)
-    logits[first.to(logits.device)], activity[first.to(activity.device)] = logits_c, act_c
-    # The four corners of every position's interpolation cell (flat indices, all computed).
-    corners = [(r[:, None] * gw + c[None, :]).flatten() for r in (r_lo, r_hi) for c in (c_lo, c_hi)]
+    dev = logits_c.device
+    logits = torch.zeros(gh * gw, logits_c.shape[1], dtype=logits_c.dtype, device=dev)
+    activity = torch.zeros(gh * gw, dtype=act_c.dtype, device=dev)
+    logits[first.to(dev)], activity[first.to(dev)] = logits_c, act_c
+    # The four corners of every position's interpolation cell (flat indices, all computed) and their weights.
+    corners = [(r[:, None] * gw + c[None, :]).flatten().to(dev) for r in (r_lo, r_hi) for c in (c_lo, c_hi)]
     wr, wc = r_w[:, None].expand(gh, gw).flatten(), c_w[None, :].expand(gh, gw).flatten()
-    weights = [(1 - wr) * (1 - wc), (1 - wr) * wc, wr * (1 - wc), wr * wc]
-    dev = logits.device
+    weights = [w.to(dev) for w in ((1 - wr) * (1 - wc), (1 - wr) * wc, wr * (1 - wc), wr * wc)]
     probs = torch.softmax(logits.float(), dim=1)
-    corner_p = torch.stack([probs[k.to(dev), target] for k in corners])
-    corner_top = torch.stack([probs[k.to(dev)].argmax(1) for k in corners])
+    corner_p = torch.stack([probs[k, target] for k in corners])
+    corner_top = torch.stack([probs[k].argmax(1) for k in corners])
     disagree = (corner_p.max(0).values - corner_p.min(0).values > tol) | (corner_top != corner_top[0]).any(0)
-    refine = (~done.flatten().to(dev)) & disagree
+    done = done.flatten().to(dev)
+    refine = ~done & disagree
     index = refine.nonzero().flatten()
     if len(index):
         logits[index], activity[index] = compute(index.cpu())
-    rest = ~(done.flatten().to(dev) | refine)
+    rest = ~(done | refine)
     if rest.any():
-        mix = sum(w.to(dev)[:, None] * logits[k.to(dev)].float() for w, k in zip(weights, corners))
-        mix_a = sum(w.to(dev) * activity[k.to(dev)].float() for w, k in zip(weights, corners))
+        mix = sum(w[:, None] * logits[k].float() for w, k in zip(weights, corners))
+        mix_a = sum(w * activity[k].float() for w, k in zip(weights, corners))
         logits[rest] = mix[rest].to(logits.dtype)
         activity[rest] = mix_a[rest].to(activity.dtype)
     return logits, activity, len(first) + len(index)
