@@ -154,14 +154,11 @@ def test_channel_and_projection_panels() -> None:
 
 
 def test_fully_connected_layer_is_updated_incrementally_and_exactly() -> None:
-    from zfnet.analysis.occlusion import _Engine
-
     net = MODELS["small-fc"][0]()
     image = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(4))
-    deconv = Deconvnet(net)
-    engine = _Engine(deconv, image, deconv._stage_index("0"), None, None)
-    assert engine.incremental_linear == 4  # conv, relu, pool, flatten, then the Linear
     exact = occlusion(net, image, target=2, window=4, stride=4, layer="0")
+    assert exact.stats["incremental_linear"] == "4"  # conv, relu, pool, flatten, then the Linear
+    assert exact.stats["full_from"] is None
     brute = occlusion(net, image, target=2, window=4, stride=4, layer="0", mode="brute")
     assert (exact.prob_true - brute.prob_true).abs().max() < 1e-4
     assert torch.equal(exact.top_class, brute.top_class)

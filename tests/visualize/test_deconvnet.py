@@ -218,7 +218,7 @@ def test_projection_stays_inside_the_receptive_field():
             model.eval()(x)
         handle.remove()
         channels = seen["a"].amax(dim=(2, 3)).argmax(1)  # each image's strongest map: not a dead one
-        values, _, positions = deconv._project(x, layer, channels, "max", None, None)
+        _, _, positions = deconv.project_with_values(x, layer, channels)
         proj = deconv.project(x, layer, channels)
         for n in range(2):
             y0, x0, y1, x1 = receptive_field(deconv, layer, positions[n].tolist(), 64)
@@ -277,7 +277,7 @@ def test_no_hook_left_and_training_flags_restored_after_success_and_error():
     assert model.training and model.conv1.training and not model.fc6.training
     with pytest.raises(ValueError):
         deconv.project(x, "conv3", torch.tensor([1, 999]))
-    with pytest.raises(RuntimeError):  # fails inside the model's forward pass (wrong input channels)
+    with pytest.raises(ValueError, match="fails on a"):  # inside the model's forward pass (wrong input channels)
         deconv.project(torch.randn(2, 4, 64, 64), "conv3", 1)
     assert _all_hooks_empty(model)
     assert model.training and model.conv1.training and not model.fc6.training
@@ -285,7 +285,7 @@ def test_no_hook_left_and_training_flags_restored_after_success_and_error():
 
 def test_unknown_layer_lists_valid_names():
     deconv = Deconvnet(_zfnet_tiny())
-    with pytest.raises(ValueError, match=r"unknown layer 'conv9'; valid names: conv1, conv1.conv, .*fc8"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv9'; valid names: conv1.conv, conv1.relu, conv1, pool1, .*fc8"):
         deconv.project(torch.randn(1, 3, 64, 64), "conv9", 0)
     with pytest.raises(TypeError, match="layer must be a str"):
         deconv.project(torch.randn(1, 3, 64, 64), 3, 0)
@@ -319,23 +319,61 @@ def test_bad_input_tensor():
         deconv.project([1.0], "conv1", 0)
 
 
-def test_unsupported_module_is_named_with_its_path_and_type():
-    model = VGGStyle()
-    model.features[1] = nn.Tanh()
-    with pytest.raises(TypeError, match=r"features\.1 is a Tanh, which the deconvnet does not support; "
-                                        r"supported modules: Conv2d, ReLU, MaxPool2d"):
-        Deconvnet(model)
-    with pytest.raises(ValueError, match="padding_mode='reflect'"):
-        Deconvnet(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")))
-    with pytest.raises(ValueError, match="without running statistics"):
-        Deconvnet(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)))
+class _Upsampling(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(F.interpolate(self.conv(x), scale_factor=2.0))
+
+
+def test_an_op_without_a_rule_is_named_with_its_node_and_code_line():
+    deconv = Deconvnet(_Upsampling())
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.raises(TypeError, match=r"no rule for graph node 'interpolate' \(F.interpolate\) at File .*"
+                                        r"test_deconvnet.py.*line \d+.*F.interpolate"):
+        deconv.project(x, "relu", 0)
+    assert torch.isfinite(deconv.project(x, "conv", 0)).all()  # below the op, projections still work
+    model = nn.Sequential(OrderedDict(c=nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), r=nn.ReLU()))
+    with pytest.raises(TypeError, match="padding_mode='reflect'"):
+        Deconvnet(model).project(x, "r", 0)
+    model = nn.Sequential(OrderedDict(c=nn.Conv2d(3, 4, 3), b=nn.BatchNorm2d(4, track_running_stats=False)))
+    with pytest.raises(TypeError, match="without running statistics"):
+        Deconvnet(model).project(x, "b", 0)
 
 
 @pytest.mark.parametrize("model", [NotAChain(), Shuffled()], ids=["residual", "shuffled"])
-def test_models_that_are_not_a_chain_are_refused(model):
+def test_models_that_are_not_a_chain_project_exactly(model):
+    # A residual sum, and children registered in another order than forward runs them: the graph
+    # follows forward, so the projection equals the autograd reference.
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    model = model.double()
     deconv = Deconvnet(model)
-    with pytest.raises(ValueError, match="do not reproduce model"):
-        deconv.project(torch.randn(1, 3, 12, 12), "conv", 0)
+    for keep in ("max", "map"):
+        want = deconv_rule_reference(model, x, "relu", torch.tensor([0, 2]), keep)
+        assert_close_relative(deconv.project(x, "relu", torch.tensor([0, 2]), keep), want, 1e-10)
+
+
+def test_registration_order_cannot_fool_the_structure():
+    # ReLU registered before the max-pool, run after it: the projection follows forward's order.
+    class Reordered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.pool = nn.MaxPool2d(2)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(self.relu(self.pool(self.conv(x))))
+
+    model = Reordered().double()
+    assert Deconvnet(model).layer_names == ["conv", "pool", "relu", "conv2"]
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    want = deconv_rule_reference(model, x, "conv2", torch.tensor([1, 3]), "max")
+    assert_close_relative(Deconvnet(model).project(x, "conv2", torch.tensor([1, 3])), want, 1e-10)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

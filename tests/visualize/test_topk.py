@@ -123,7 +123,7 @@ def test_runs_in_eval_mode():
 
 def test_bad_arguments():
     model, images = _model_and_images(2)
-    with pytest.raises(ValueError, match=r"unknown layer 'conv7'; valid names: conv1, conv1.conv"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv7'; valid names: conv1.conv, conv1.relu, conv1, "):
         top_activations(model, [images], ["conv1", "conv7"])
     with pytest.raises(ValueError, match="k must be a positive int, got 0"):
         top_activations(model, [images], "conv1", k=0)

@@ -22,15 +22,15 @@ coordinates. :mod:`zfnet.analysis.jobs` reads runs and annotation files and writ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..graph import eval_mode, model_like, trace
 from ..progress import progress
-from ..visualize.deconvnet import _eval_mode
-from ..visualize.topk import _model_like, _resolve_layers
+from ..visualize.topk import resolve_layers
 
 __all__ = [
     "layer_features", "occlude", "random_boxes", "sign_hamming", "DeltaScore", "delta_score",
@@ -58,10 +58,9 @@ def layer_features(model: nn.Module, images: torch.Tensor, layers: str | Sequenc
                    batch_size: int = 32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The outputs of named submodules and of the model, one flattened row per image.
 
-    Runs ``model`` in eval mode under ``torch.no_grad`` (every module's training flag is restored
-    afterwards) with a forward hook on each layer; the hooks are removed when the pass ends, also
-    after an error. Works on any ``nn.Module``: a layer is any submodule name (``"conv5"``,
-    ``"features.12"``); a container's output is its last module's.
+    Runs ``model``'s traced graph (:func:`zfnet.graph.trace`) in eval mode under ``torch.no_grad``
+    (every module's training flag is restored afterwards); nothing is registered on the model. A
+    layer is any name the graph gives (``"conv5"``, ``"features.12"``, ``"layer3.1"``).
 
     Args:
         model: the network; images are moved to the device and dtype of its parameters.
@@ -89,38 +88,23 @@ def layer_features(model: nn.Module, images: torch.Tensor, layers: str | Sequenc
     _check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    names, modules = _resolve_layers(model, layers)
-    like = _model_like(model)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returns a {type(output).__name__}; features need a tensor")
-            # A copy: a later in-place module (ReLU(inplace=True)) would otherwise rewrite what was seen here.
-            captured[name] = output.detach().reshape(len(output), -1).to("cpu", torch.float32, copy=True)
-        return hook
-
+    graph = trace(model)
+    names = resolve_layers(graph, layers)
+    like = model_like(model)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     outputs: list[torch.Tensor] = []
-    handles = []
-    try:
-        with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
+        for batch in images.split(batch_size):
+            if like is not None:
+                batch = batch.to(device=like.device, dtype=like.dtype)
+            values = graph.run(batch, keep=[graph.index_of(name) for name in names])
             for name in names:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
-            for batch in images.split(batch_size):
-                if like is not None:
-                    batch = batch.to(device=like.device, dtype=like.dtype)
-                captured.clear()
-                out = model(batch)
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"the model returns a {type(out).__name__}; features need a tensor output")
-                for name in names:
-                    chunks[name].append(captured[name])
-                outputs.append(out.detach().to("cpu", torch.float32, copy=True))
-    finally:
-        for handle in handles:
-            handle.remove()
+                value = values[graph.index_of(name)]
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"layer {name!r} returns a {type(value).__name__}; features need a tensor")
+                chunks[name].append(value.detach().reshape(len(value), -1).to("cpu", torch.float32, copy=True))
+            out = values[graph.output]
+            outputs.append(out.detach().to("cpu", torch.float32, copy=True))
     return {name: torch.cat(parts) for name, parts in chunks.items()}, torch.cat(outputs)
 
 

@@ -26,22 +26,22 @@ by more than a tolerance or predict different top classes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..visualize.deconvnet import Deconvnet, _eval_mode, _Stage
+from ..graph import POINTWISE, Geometry, Graph, eval_mode, window_slice
+from ..graph.ops import Opaque
+from ..visualize.deconvnet import Deconvnet
 
 __all__ = ["occlusion", "OcclusionResult", "occlusion_grid", "ssim", "MODES"]
 
 #: The ways :func:`occlusion` can compute the maps.
 MODES = ("exact", "approximate", "coarse", "brute")
 
-# Stages applied position by position: their output at a pixel depends only on the input at that pixel.
-_POINTWISE = frozenset({"relu", "lrn", "bn", "pass"})
-_WINDOWED = frozenset({"conv", "pool"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ class OcclusionResult:
         layer, window, stride, fill, mode: how the maps were made.
         ssim: approximate and coarse modes with ``check=True``: SSIM of ``prob_true`` against the exact map;
             else None.
+        stats: how the incremental engine ran: ``incremental_ops`` (ops computed on changed rectangles
+            only), ``incremental_linear`` (the fully connected layer updated by ``W (x' - x)`` on the
+            changed rectangle, if any), ``whole_map_from`` (the first op whose changed rectangle covers its
+            whole map, from where the work equals brute force) and ``full_from`` (the first op computed in
+            full because it mixes the whole map, and why, e.g. a global pool feeding a gate; None when none
+            was).
 
     Position ``(i, j)`` of a grid is the occluder with its top-left corner at pixel
     ``(i * stride, j * stride)``.
@@ -82,6 +88,7 @@ class OcclusionResult:
     fill: float
     mode: str
     ssim: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -118,24 +125,37 @@ class _Region:
     """Activations of a batch of occluded images, stored as their difference from the clean image.
 
     For item ``n`` the activation equals the clean one except inside the rectangle with top-left
-    corner ``(rows[n], cols[n])`` and size ``patch.shape[-2:]``, where it is ``patch[n]`` (which may also
-    hold unchanged values).
+    corner ``(rows[n], cols[n])`` and size ``patch``'s spatial size, where it is ``patch[n]`` (which may
+    also hold unchanged values). ``patch`` keeps the node's layout: spatial axes ``axes``.
     """
 
-    patch: torch.Tensor  # (P, C, h, w)
+    patch: Any  # (P, C, h, w), or a tuple of such parts after a chunk / split
     rows: torch.Tensor  # (P,)
     cols: torch.Tensor  # (P,)
+    axes: tuple[int, int] = (2, 3)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        first = self.patch[0] if isinstance(self.patch, (tuple, list)) else self.patch
+        return int(first.shape[self.axes[0]]), int(first.shape[self.axes[1]])
 
 
-def _out_span(start: torch.Tensor, size: int, stage: _Stage, axis: int, in_len: int, out_len: int,
+@dataclass
+class _Flat:
+    """A region of a map that a global reshape (the classifier's flatten) flattened, not yet materialised."""
+
+    region: _Region
+    source: int  # the node whose map was flattened
+
+
+def _out_span(start: torch.Tensor, size: int, g: Geometry, axis: int, out_len: int,
               cap: float | None) -> tuple[torch.Tensor, int]:
-    """Output rows a window stage must recompute when input rows [start, start + size) changed.
+    """Output rows a window op must recompute when input rows [start, start + size) changed.
 
     Returns per-item offsets and one common size (so the batch stays one tensor): the exact span of
     every item fits inside its rectangle; near the border the rectangle is shifted inwards.
     """
-    k = stage.dilation[axis] * (stage.kernel[axis] - 1) + 1
-    s, p = stage.stride[axis], stage.padding[axis]
+    k, s, p = g.extent(axis), g.stride[axis], g.padding[axis]
     # Output o reads padded input rows [o*s, o*s + k); padded row = real row + p.
     lo = torch.div(start + p - k + s, s, rounding_mode="floor")  # ceil((start + p - k + 1) / s)
     hi = torch.div(start + size - 1 + p, s, rounding_mode="floor") + 1
@@ -153,117 +173,103 @@ def _out_span(start: torch.Tensor, size: int, stage: _Stage, axis: int, in_len: 
 
 def _overlay(clean: torch.Tensor, region: _Region, rows: torch.Tensor, cols: torch.Tensor,
              height: int, width: int) -> torch.Tensor:
-    """The (P, C, height, width) windows of ``clean`` (C, H, W) at ``rows``/``cols``, with the region's patch.
+    """The windows of ``clean`` (one image, no batch) at ``rows``/``cols``, with the region's patch on them.
 
     ``clean`` and the offsets are in the same (possibly padded) coordinates; ``region`` offsets too.
     Parts of the patch outside a window are dropped, parts of a window outside the patch are clean.
     """
     # Plain slicing per item: far cheaper than one advanced-indexing gather over (P, C, h, w).
-    ph, pw = region.patch.shape[-2:]
-    out = torch.empty((len(rows), clean.shape[0], height, width), dtype=clean.dtype, device=clean.device)
+    axes = region.axes
+    ph, pw = region.size
+    ca = (axes[0] - 1, axes[1] - 1)
+    shape = [len(rows), *clean.shape]
+    shape[axes[0]], shape[axes[1]] = height, width
+    out = torch.empty(shape, dtype=clean.dtype, device=clean.device)
     geometry = torch.stack([rows, cols, region.rows, region.cols]).tolist()
+    nd = out.dim()
     for n, (r, c, pr, pc) in enumerate(zip(*geometry)):
-        out[n] = clean[:, r:r + height, c:c + width]
+        out[n] = clean[window_slice(clean.dim() + 1, axes, (r, r + height), (c, c + width))[1:]]
         top, left = max(r, pr), max(c, pc)
         bottom, right = min(r + height, pr + ph), min(c + width, pc + pw)
         if top < bottom and left < right:
-            out[n, :, top - r:bottom - r, left - c:right - c] = region.patch[n, :, top - pr:bottom - pr,
-                                                                             left - pc:right - pc]
+            out[window_slice(nd, axes, (top - r, bottom - r), (left - c, right - c), n)] = region.patch[
+                window_slice(nd, axes, (top - pr, bottom - pr), (left - pc, right - pc), n)]
+    del ca
     return out
 
 
-def _pad_for(stage: _Stage, clean: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
-    """``clean`` (C, H, W) padded as the stage pads it, plus enough at the end for ceil-mode windows."""
+def _pad_for(g: Geometry, pad_value: float, clean: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """``clean`` (C, H, W) padded as the op pads it, plus enough at the end for ceil-mode windows."""
     pads = []
     for axis in (1, 0):  # F.pad wants (left, right, top, bottom)
-        k = stage.dilation[axis] * (stage.kernel[axis] - 1) + 1
-        p = stage.padding[axis]
-        need = (out_shape[axis + 1] - 1) * stage.stride[axis] + k  # padded length the last window reaches
-        pads += [p, max(0, need - p - clean.shape[axis + 1])]
-    value = -math.inf if stage.kind == "pool" else 0.0
-    return F.pad(clean, pads, value=value)
+        need = (out_hw[axis] - 1) * g.stride[axis] + g.extent(axis)  # padded length the last window reaches
+        pads += [g.padding[axis], max(0, need - g.padding[axis] - clean.shape[axis + 1])]
+    return F.pad(clean, pads, value=pad_value)
 
 
-def _windowed(stage: _Stage, region: _Region, clean_in: torch.Tensor, padded: torch.Tensor,
-              out_shape: tuple[int, ...], cap: float | None) -> _Region:
-    """Recompute the changed rectangle of a convolution or max-pooling."""
-    spans = []
-    for axis, start in enumerate((region.rows, region.cols)):
-        size = region.patch.shape[-2 + axis]
-        spans.append(_out_span(start, size, stage, axis, clean_in.shape[1 + axis], out_shape[1 + axis], cap))
-    (orow, oh), (ocol, ow) = spans
-    k = [stage.dilation[a] * (stage.kernel[a] - 1) + 1 for a in range(2)]
-    s = stage.stride
-    ih, iw = (oh - 1) * s[0] + k[0], (ow - 1) * s[1] + k[1]
-    shifted = _Region(region.patch, region.rows + stage.padding[0], region.cols + stage.padding[1])
-    window = _overlay(padded, shifted, orow * s[0], ocol * s[1], ih, iw)
-    m = stage.module
-    if stage.kind == "conv":
-        out = F.conv2d(window, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-    else:
-        out = F.max_pool2d(window, m.kernel_size, m.stride, 0, m.dilation, ceil_mode=False)
-    return _Region(out, orow, ocol)
-
-
-def _linear_delta(stage: _Stage, region: _Region, clean_in: torch.Tensor) -> torch.Tensor:
-    """``W (x' - x)`` of a Linear fed by a flattened (C, H, W) map, from the changed rectangle only."""
-    c, h, w = clean_in.shape
-    ph, pw = region.patch.shape[-2:]
-    weight = stage.module.weight.view(-1, c, h, w)
-    delta = torch.empty(len(region.rows), weight.shape[0], dtype=region.patch.dtype, device=region.patch.device)
-    offsets = torch.stack([region.rows, region.cols], 1)
-    for r0, c0 in torch.unique(offsets, dim=0).tolist():  # items that share a rectangle share its weights
-        pick = (offsets[:, 0] == r0) & (offsets[:, 1] == c0)
-        change = region.patch[pick] - clean_in[:, r0:r0 + ph, c0:c0 + pw]
-        delta[pick] = change.flatten(1) @ weight[:, :, r0:r0 + ph, c0:c0 + pw].reshape(weight.shape[0], -1).T
-    return delta
-
-
-def _materialise(region: _Region, clean: torch.Tensor) -> torch.Tensor:
-    """The full (P, C, H, W) activations of a region."""
-    return _overlay(clean, region, torch.zeros_like(region.rows), torch.zeros_like(region.cols),
-                    clean.shape[1], clean.shape[2])
+def _materialise(state: Any, clean: Any) -> Any:
+    """The full (P, ...) activations of a region (a tuple's parts each)."""
+    if isinstance(state, _Flat):
+        full = _materialise(state.region, clean[1])
+        return full.reshape(len(full), *clean[0].shape)
+    if not isinstance(state, _Region):
+        return state
+    if isinstance(state.patch, (tuple, list)):
+        return [_materialise(_Region(p, state.rows, state.cols, state.axes), c) for p, c in zip(state.patch, clean)]
+    zero = torch.zeros_like(state.rows)
+    ax = state.axes
+    return _overlay(clean, state, zero, zero, clean.shape[ax[0] - 1], clean.shape[ax[1] - 1])
 
 
 class _Engine:
-    """Clean activations of one image and the machinery to run batches of occluded copies of it."""
+    """Clean activations of one image and the machinery to run batches of occluded copies of it.
 
-    def __init__(self, deconv: Deconvnet, image: torch.Tensor, layer_index: int, channel: int | None,
+    Every node's state for a batch of occluder positions is a :class:`_Region` (the changed rectangle
+    of its map), a :class:`_Flat` region (a flattened map feeding a fully connected layer) or full
+    activations. Point-wise ops run on the rectangle; kernel ops (convolutions, pools) recompute the
+    output rectangle the changed input can reach, from the clean input around it; a sum or a
+    concatenation works on the union of its inputs' rectangles; the first fully connected layer after
+    a flatten adds ``W[:, changed] (x' - x)`` to its clean output while the change is small; any op
+    that mixes the whole map (a global pool feeding a gate, a GroupNorm) computes in full from there
+    on. :attr:`stats` says where that happened.
+    """
+
+    def __init__(self, graph: Graph, image: torch.Tensor, layer_index: int, channel: int | None,
                  cap: float | None) -> None:
-        self.deconv = deconv
-        self.stages = deconv._stages
-        self.layout = deconv._layout(tuple(image.shape))
+        self.graph = graph
+        self.layout = graph.layout(tuple(image.shape))
         self.layer_index = layer_index
         self.cap = cap
-        acts = [image[None]]
-        with torch.no_grad():
-            for stage in self.stages:
-                acts.append(deconv._run_stage(stage, acts[-1]))
-        self.clean = [a[0] for a in acts]  # clean[i]: input of stage i; clean[i + 1]: its output
-        target = self.clean[layer_index + 1]
+        self.nodes = sorted(graph.ancestors(graph.output) | graph.ancestors(layer_index))
+        values = graph.run(image[None], keep=self.nodes)
+        self.clean: dict[int, Any] = {i: _unbatch(v) if graph.carries(i) else v for i, v in values.items()}
+        target = self.clean[layer_index]
+        if not isinstance(target, torch.Tensor) or target.dim() not in (1, 3):
+            raise ValueError(f"{graph.name_of(layer_index)!r} outputs {_shape_of(target)} per image; occlusion "
+                             "needs a layer of (C, H, W) maps or a vector")
         spatial = target.flatten(1).amax(1) if target.dim() == 3 else target
         if channel is not None and not 0 <= channel < len(spatial):
-            raise ValueError(f"channel {channel} is out of range for {deconv._stages[layer_index].name!r} "
+            raise ValueError(f"channel {channel} is out of range for {graph.name_of(layer_index)!r} "
                              f"({len(spatial)} maps)")
         self.channel = int(spatial.argmax()) if channel is None else channel
         self.clean_activity = float(self._total(target[None])[0])
-        self.logits = self.clean[-1]
+        self.logits = self.clean[graph.output]
         self.padded: dict[int, torch.Tensor] = {}
-        self.dense_from = len(self.stages)
-        for i, stage in enumerate(self.stages):
-            if stage.kind in _WINDOWED:
-                self.padded[i] = _pad_for(stage, self.clean[i], self.layout.outputs[i])
-            elif stage.kind not in _POINTWISE:
-                self.dense_from = i
-                break
-        # A Linear right after Flatten (or directly on the maps) is updated incrementally when the
-        # changed part of its input is small; it is computed in full otherwise.
-        self.incremental_linear: int | None = None
-        j = self.dense_from
-        if j < len(self.stages) and self.stages[j].kind == "flatten" and j + 1 < len(self.stages):
-            j += 1
-        if j < len(self.stages) and self.stages[j].kind == "linear" and self.clean[self.dense_from].dim() == 3:
-            self.incremental_linear = j
+        for i in self.nodes:
+            node, g = graph.nodes[i], self.layout.geometry[i]
+            if node.kind == "op" and self._windowed(i):
+                src = node.inputs[0]
+                self.padded[i] = _pad_for(g, node.op.pad_value, self.clean[src], _hw(self.layout.shapes[i]))
+        self.stats: dict[str, Any] = {}
+        self._derived: set[int] = set()
+        self._whole_from: int | None = None
+
+    def _windowed(self, i: int) -> bool:
+        """Whether node ``i`` is a kernel op (conv, pool) that can recompute a rectangle of its output."""
+        g, layout = self.layout.geometry[i], self.layout
+        node = self.graph.nodes[i]
+        return (g is not None and g != POINTWISE and layout.local[i] and len(node.inputs) == 1
+                and layout.axes[i] == (2, 3) and layout.axes[node.inputs[0]] == (2, 3))
 
     def _total(self, act: torch.Tensor) -> torch.Tensor:
         """The map's total activation (a unit's value for a 1-D layer), per item."""
@@ -273,49 +279,234 @@ class _Engine:
     def run(self, rows: torch.Tensor, cols: torch.Tensor, window: int, fill: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (P, K) and activity (P,) for occluders with top-left corners ``rows``/``cols``."""
+        graph = self.graph
         image = self.clean[0]
         patch = torch.full((len(rows), image.shape[0], window, window), fill, dtype=image.dtype, device=image.device)
-        state: _Region | torch.Tensor = _Region(patch, rows, cols)
-        activity = None
-        i = 0
-        while i < len(self.stages):
-            stage = self.stages[i]
-            if isinstance(state, _Region) and i < self.dense_from:
-                if stage.kind in _POINTWISE:
-                    state = _Region(stage.module(state.patch), state.rows, state.cols)
-                else:
-                    state = _windowed(stage, state, self.clean[i], self.padded[i], self.layout.outputs[i], self.cap)
-            elif isinstance(state, _Region):
-                clean_in = self.clean[i]
-                ph, pw = state.patch.shape[-2:]
-                small = ph * pw * 2 <= clean_in.shape[1] * clean_in.shape[2]
-                j = self.incremental_linear
-                if j is not None and small and not i <= self.layer_index < j:
-                    state = self.clean[j + 1][None] + _linear_delta(self.stages[j], state, clean_in)
-                    i = j + 1
-                    if i - 1 == self.layer_index:
-                        activity = self._total(state)
-                    continue
-                state = _materialise(state, clean_in)
-                state = self.deconv._run_stage(stage, state)
+        states: dict[int, Any] = {0: _Region(patch, rows, cols)}
+        full_from: tuple[int, str] | None = None
+        incremental = 0
+        remaining = {i: sum(1 for c in graph.nodes[i].consumers if c in self._members) for i in self.nodes}
+        for i in self.nodes[1:]:
+            node = graph.nodes[i]
+            if not graph.carries(i):  # parameters, constants
+                states[i] = graph.call(i, lambda r: _view(states[r]))[0]
+            elif node.kind != "op":
+                states[i], _ = graph.call(i, lambda r: _view(states[r]))
+                if any(isinstance(states.get(r), (_Region, _Flat)) or r in self._derived for r in graph.references(i)):
+                    self._derived.add(i)  # a size read from a rectangle: recomputed where maps are full
             else:
-                state = self.deconv._run_stage(stage, state)
-            if i == self.layer_index:
-                activity = self._activity(state, i)
-            i += 1
-        assert isinstance(state, torch.Tensor) and activity is not None
-        return state, activity
+                states[i], reason = self._step(i, states)
+                states[i] = self._collapse(i, states[i])
+                if reason is None:
+                    incremental += 1
+                elif full_from is None and reason != "full input":
+                    full_from = (i, reason)
+            for r in graph.references(i):
+                remaining[r] -= 1
+                if remaining[r] == 0 and r not in (self.layer_index, graph.output):
+                    states.pop(r, None)
+        if not self.stats:
+            self.stats = {"incremental_ops": incremental, "incremental_linear": getattr(self, "_linear_used", None),
+                          "full_from": None if full_from is None else
+                          f"{graph.nodes[full_from[0]].describe()}: {full_from[1]}",
+                          "whole_map_from": None if self._whole_from is None
+                          else graph.nodes[self._whole_from].describe()}
+        out = _materialise(states[graph.output], self._clean_pair(graph.output, states[graph.output]))
+        layer_state = states[self.layer_index]
+        if isinstance(layer_state, _Region):
+            activity = self._region_activity(layer_state)
+        else:
+            activity = self._total(_materialise(layer_state, self._clean_pair(self.layer_index, layer_state)))
+        return out, activity
 
-    def _activity(self, state: _Region | torch.Tensor, i: int) -> torch.Tensor:
-        if isinstance(state, torch.Tensor):
-            return self._total(state)
-        clean = self.clean[i + 1]
-        ph, pw = state.patch.shape[-2:]
-        r = state.rows[:, None] + torch.arange(ph, device=clean.device)
-        c = state.cols[:, None] + torch.arange(pw, device=clean.device)
-        before = clean[self.channel][r[:, :, None], c[:, None, :]].flatten(1).sum(1)  # (P,)
+    @property
+    def _members(self) -> set[int]:
+        if not hasattr(self, "_member_set"):
+            self._member_set = set(self.nodes)
+        return self._member_set
+
+    def _clean_pair(self, i: int, state: Any) -> Any:
+        if isinstance(state, _Flat):
+            return self.clean[i], self.clean[state.source]
+        return self.clean[i]
+
+    def _full(self, r: int, state: Any) -> Any:
+        return _materialise(state, self._clean_pair(r, state))
+
+    def _step(self, i: int, states: dict[int, Any]) -> tuple[Any, str | None]:
+        """Node ``i``'s state from its inputs' states, and why it is full (None: it is not)."""
+        graph, layout = self.graph, self.layout
+        node = graph.nodes[i]
+        op = node.op
+        ins = {r: states[r] for r in node.inputs}
+        region_ins = {r: s for r, s in ins.items() if isinstance(s, (_Region, _Flat))}
+        factors_full = [r for r in graph.references(i) if r not in ins and graph.carries(r)
+                        and not isinstance(states.get(r), (_Region, _Flat))]
+        if not region_ins:
+            return graph.call(i, lambda r: _view(states[r]))[0], "full input"
+        # the first fully connected layer after a flatten: clean output plus W (x' - x) on the rectangle
+        if op.kind == "linear" and not layout.local[i] and len(ins) == 1:
+            (r, state), = ins.items()
+            if isinstance(state, _Flat):
+                ph, pw = state.region.size
+                src = self.clean[state.source]
+                if ph * pw * 2 <= src.shape[1] * src.shape[2] and layout.axes[state.source] == (2, 3):
+                    weight = graph.arguments(i, lambda k: _view(states.get(k)))[0]
+                    w = op.module.weight if op.module is not None else weight[1]
+                    self._linear_used = graph.name_of(i)
+                    return self.clean[i][None] + _linear_delta(w, state.region, src), None
+        # a 1x1, stride-1 convolution is point-wise too: it runs on the patch itself
+        pointwise = layout.local[i] and layout.geometry[i] == POINTWISE and not factors_full
+        if pointwise and len(region_ins) == len(ins):
+            regions = list(region_ins.values())
+            if any(isinstance(s, _Flat) for s in regions):
+                pass
+            elif len(regions) == 1:
+                reg = regions[0]
+                value, _ = graph.call(i, lambda r: reg.patch if r in ins else _view(states[r]))
+                if op.kind == "getitem":
+                    return _Region(value, reg.rows, reg.cols, layout.axes[i] or reg.axes), None
+                return _Region(value, reg.rows, reg.cols, layout.axes[i] or reg.axes), None
+            else:
+                rows, cols, h, w = self._union(regions, _hw_axes(layout.shapes[node.inputs[0]],
+                                                                  layout.axes[node.inputs[0]]))
+                cut = {r: _overlay(self.clean[r], s, rows, cols, h, w) for r, s in region_ins.items()}
+                value, _ = graph.call(i, lambda r: cut[r] if r in cut else _view(states[r]))
+                return _Region(value, rows, cols, layout.axes[i] or regions[0].axes), None
+        if self._windowed(i) and len(region_ins) == 1 and not factors_full:
+            (r, state), = region_ins.items()
+            if isinstance(state, _Region):
+                return self._kernel(i, r, state, states), None
+        # a global reshape of a changed map: kept as a flattened region for a fully connected layer
+        if op.kind == "reshape" and len(ins) == 1 and not layout.local[i]:
+            (r, state), = ins.items()
+            if isinstance(state, _Region) and not isinstance(state.patch, (tuple, list)) \
+                    and self._feeds_linear(i) and layout.axes[r] == (2, 3):
+                return _Flat(state, r), None
+        full = {r: self._full(r, s) for r, s in ins.items()}
+        value, _ = graph.call(i, lambda r: self._full_value(r, states, full))
+        reason = "mixes the whole map" if not factors_full else "a gate computed from the whole map"
+        if isinstance(op, Opaque) or not op.has_rule():
+            reason = "an op without a window rule"
+        elif len(region_ins) < len(ins) and pointwise is not False and layout.geometry[i] is not None:
+            reason = "full input"  # another input already changed everywhere
+        return value, reason
+
+    def _collapse(self, i: int, state: Any) -> Any:
+        """A region that covers its whole map, as plain activations (no more cutting and pasting)."""
+        if isinstance(state, _Region) and not isinstance(state.patch, (tuple, list)) \
+                and self.layout.axes[i] is not None and state.size == _hw_axes(self.layout.shapes[i], state.axes):
+            if self._whole_from is None:
+                self._whole_from = i
+            return state.patch
+        return state
+
+    def _full_value(self, r: int, states: dict[int, Any], full: dict[int, Any]) -> Any:
+        """Node ``r``'s value for an op that runs on full maps (sizes read from rectangles recomputed)."""
+        if r in full:
+            return full[r]
+        state = states.get(r)
+        if isinstance(state, (_Region, _Flat)):
+            full[r] = self._full(r, state)
+        elif r in self._derived:
+            full[r] = self.graph.call(r, lambda k: self._full_value(k, states, full))[0]
+        else:
+            return _view(state)
+        return full[r]
+
+    def _feeds_linear(self, i: int) -> bool:
+        consumers = [c for c in self.graph.nodes[i].consumers if c in self._members]
+        return len(consumers) == 1 and self.graph.nodes[consumers[0]].op is not None \
+            and self.graph.nodes[consumers[0]].op.kind == "linear"
+
+    def _union(self, regions: list[_Region], real: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Per item the smallest rectangle holding every region's, with one common size, kept on the map."""
+        sizes = [r.size for r in regions]
+        lo_r = torch.stack([r.rows for r in regions]).amin(0)
+        lo_c = torch.stack([r.cols for r in regions]).amin(0)
+        hi_r = torch.stack([r.rows + s[0] for r, s in zip(regions, sizes)]).amax(0)
+        hi_c = torch.stack([r.cols + s[1] for r, s in zip(regions, sizes)]).amax(0)
+        h = min(int((hi_r - lo_r).max()), real[0])
+        w = min(int((hi_c - lo_c).max()), real[1])
+        return lo_r.clamp(0, real[0] - h), lo_c.clamp(0, real[1] - w), h, w
+
+    def _kernel(self, i: int, r: int, region: _Region, states: dict[int, Any]) -> _Region:
+        """Recompute the changed rectangle of a convolution or pooling."""
+        g = self.layout.geometry[i]
+        out_hw = _hw(self.layout.shapes[i])
+        spans = [_out_span(start, region.size[axis], g, axis, out_hw[axis], self.cap)
+                 for axis, start in enumerate((region.rows, region.cols))]
+        (orow, oh), (ocol, ow) = spans
+        ih, iw = (oh - 1) * g.stride[0] + g.extent(0), (ow - 1) * g.stride[1] + g.extent(1)
+        shifted = _Region(region.patch, region.rows + g.padding[0], region.cols + g.padding[1])
+        window = _overlay(self.padded[i], shifted, orow * g.stride[0], ocol * g.stride[1], ih, iw)
+        value, _ = self.graph.call(i, lambda k: window if k == r else _view(states.get(k)), window=True)
+        return _Region(value, orow, ocol)
+
+    def _region_activity(self, state: _Region) -> torch.Tensor:
+        clean = self.clean[self.layer_index]
+        ph, pw = state.size
+        rr = state.rows[:, None] + torch.arange(ph, device=clean.device)
+        cc = state.cols[:, None] + torch.arange(pw, device=clean.device)
+        before = clean[self.channel][rr[:, :, None], cc[:, None, :]].flatten(1).sum(1)  # (P,)
         after = state.patch[:, self.channel].flatten(1).sum(1)
         return self.clean_activity + (after - before)
+
+    def brute(self, rows: torch.Tensor, cols: torch.Tensor, window: int, fill: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One full forward pass per occluder position (the reference the exact mode must equal)."""
+        images = self.clean[0].expand(len(rows), -1, -1, -1).clone()
+        for n, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+            images[n, :, r:r + window, c:c + window] = fill
+        values = self.graph.run(images, keep=[self.layer_index, self.graph.output])
+        return values[self.graph.output], self._total(values[self.layer_index])
+
+
+def _view(state: Any) -> Any:
+    """What a plain op sees of a state (a region's patch: sizes of a window, for a channel shuffle's view)."""
+    if isinstance(state, _Region):
+        return state.patch
+    if isinstance(state, _Flat):
+        return state.region.patch
+    return state
+
+
+def _unbatch(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v[0] if v.dim() else v
+    if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
+        return [t[0] for t in v]
+    return v
+
+
+def _shape_of(v: Any) -> Any:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def _hw(shape: Any) -> tuple[int, int]:
+    return int(shape[-2]), int(shape[-1])
+
+
+def _hw_axes(shape: Any, axes: tuple[int, int] | None) -> tuple[int, int]:
+    if isinstance(shape, list):
+        shape = shape[0]
+    if axes is None:
+        return _hw(shape)
+    return int(shape[axes[0] - 1]), int(shape[axes[1] - 1])
+
+
+def _linear_delta(weight: torch.Tensor, region: _Region, clean_in: torch.Tensor) -> torch.Tensor:
+    """``W (x' - x)`` of a Linear fed by a flattened (C, H, W) map, from the changed rectangle only."""
+    c, h, w = clean_in.shape
+    ph, pw = region.size
+    weight = weight.view(-1, c, h, w)
+    delta = torch.empty(len(region.rows), weight.shape[0], dtype=region.patch.dtype, device=region.patch.device)
+    offsets = torch.stack([region.rows, region.cols], 1)
+    for r0, c0 in torch.unique(offsets, dim=0).tolist():  # items that share a rectangle share its weights
+        pick = (offsets[:, 0] == r0) & (offsets[:, 1] == c0)
+        change = region.patch[pick] - clean_in[:, r0:r0 + ph, c0:c0 + pw]
+        delta[pick] = change.flatten(1) @ weight[:, :, r0:r0 + ph, c0:c0 + pw].reshape(weight.shape[0], -1).T
+    return delta
 
 
 # -- public API ---------------------------------------------------------------------------------------
@@ -418,9 +609,11 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
     if not tol >= 0:
         raise ValueError(f"tol must be at least 0, got {tol}")
     gh, gw = occlusion_grid(image.shape[1], image.shape[2], int(window), int(stride))
-    layer_index = deconv._stage_index(layer)
-    with _eval_mode(deconv.model), torch.no_grad():
-        engine = _Engine(deconv, image, layer_index, channel, cap if mode == "approximate" else None)
+    layer_index = deconv.graph.index_of(layer)
+    with eval_mode(deconv.model), torch.no_grad():
+        if mode != "brute":
+            deconv.graph.require_rules(layer_index, "occlusion")
+        engine = _Engine(deconv.graph, image, layer_index, channel, cap if mode == "approximate" else None)
         classes = engine.logits.shape[-1]
         if not 0 <= int(target) < classes:
             raise ValueError(f"target {target} is out of range for a model with {classes} classes")
@@ -433,7 +626,7 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
             for start in range(0, len(index), batch_size):
                 chunk = index[start:start + batch_size].to(rows.device)
                 r, c = rows[chunk], cols[chunk]
-                out, act = _brute(engine, r, c, window, fill) if mode == "brute" else engine.run(r, c, window, fill)
+                out, act = engine.brute(r, c, window, fill) if mode == "brute" else engine.run(r, c, window, fill)
                 out_l.append(out)
                 out_a.append(act)
                 if progress is not None:
@@ -455,7 +648,7 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
         top_prob=top_prob.reshape(gh, gw).cpu(), activity=activity.float().reshape(gh, gw).cpu(),
         projection=projection.cpu(), channel=engine.channel, target=int(target), clean_prob=clean_prob,
         clean_activity=engine.clean_activity, layer=layer, window=int(window), stride=int(stride),
-        fill=float(fill), mode=mode)
+        fill=float(fill), mode=mode, stats=dict(engine.stats))
     if mode in ("approximate", "coarse") and check:
         exact = occlusion(deconv, image, target, window, stride, fill, layer, batch_size, mode="exact",
                           channel=engine.channel)
@@ -513,19 +706,3 @@ def _replace(result: OcclusionResult, **changes: object) -> OcclusionResult:
     from dataclasses import replace
 
     return replace(result, **changes)
-
-
-def _brute(engine: _Engine, rows: torch.Tensor, cols: torch.Tensor, window: int, fill: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One full forward pass per occluder position (the reference the exact mode must equal)."""
-    images = engine.clean[0].expand(len(rows), -1, -1, -1).clone()
-    for n, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
-        images[n, :, r:r + window, c:c + window] = fill
-    t = images
-    activity = None
-    for i, stage in enumerate(engine.stages):
-        t = engine.deconv._run_stage(stage, t)
-        if i == engine.layer_index:
-            activity = engine._total(t)
-    assert activity is not None
-    return t, activity

@@ -1,6 +1,6 @@
 """Receptive fields: which input pixels an activation can see.
 
-Two views of the same arithmetic, for any model :class:`~zfnet.visualize.Deconvnet` supports:
+Two views of the same arithmetic, for any model :func:`zfnet.graph.trace` can trace:
 
 - :func:`receptive_fields`: per layer, the classic ``(jump, size, start)`` recurrence, layer by layer
   (``jump *= stride``, ``size += dilation * (kernel - 1) * jump``, ``start -= padding * jump``): the
@@ -10,6 +10,11 @@ Two views of the same arithmetic, for any model :class:`~zfnet.visualize.Deconvn
 - :func:`receptive_field`: the exact bounding box ``(y0, x0, y1, x1)`` of the input pixels one
   activation depends on, clipped to the image. It follows the sets of rows and columns each stage
   reads, so ceil-mode pools, padding, dilation, unused trailing rows and adaptive pools are exact.
+
+Where paths join (a residual sum, a concatenation) the field is the union of the paths' fields; the
+branch of a gate (squeeze-excitation) is held, as in the deconvnet, so its global summary does not
+make every field the whole image; an op that mixes the whole map (a fully connected layer, a
+GroupNorm) sees the whole image.
 
 Boxes are half-open, like Python slices: ``image[:, y0:y1, x0:x1]``.
 """
@@ -22,9 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .deconvnet import Deconvnet, _Layout, _Stage
-
-__all__ = ["ReceptiveField", "receptive_fields", "receptive_field"]
+from ..graph import Graph, eval_mode
+from .deconvnet import Deconvnet
 
 
 @dataclass(frozen=True)
@@ -73,19 +77,28 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _in_channels(deconv: Deconvnet, in_channels: int | None) -> int:
+def _in_channels(model: nn.Module, in_channels: int | None) -> int:
     if in_channels is not None:
         return int(in_channels)
-    for stage in deconv._stages:
-        if isinstance(stage.module, nn.Conv2d):
-            return stage.module.in_channels
-        if isinstance(stage.module, nn.BatchNorm2d):
-            return stage.module.num_features
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+        if isinstance(module, nn.BatchNorm2d):
+            return module.num_features
     return 3
 
 
-def _layout(deconv: Deconvnet, image_size: tuple[int, int], in_channels: int | None) -> _Layout:
-    return deconv._layout((_in_channels(deconv, in_channels), *image_size))
+def _graph_layout(deconv: Deconvnet, image_size: tuple[int, int], in_channels: int | None):
+    with eval_mode(deconv.model), torch.no_grad():
+        return deconv.graph.layout((_in_channels(deconv.model, in_channels), *image_size))
+
+
+def _hw(shape: tuple[int, ...], axes: tuple[int, int] | None) -> tuple[int, int] | None:
+    if isinstance(shape, list) and shape:  # the parts of a chunk / split share rows and columns
+        shape = shape[0]
+    if axes is None or not isinstance(shape, tuple):
+        return None
+    return shape[axes[0] - 1], shape[axes[1] - 1]
 
 
 def _adaptive_windows(out_size: int, in_size: int) -> list[tuple[int, int]]:
@@ -115,38 +128,41 @@ def receptive_fields(model: nn.Module | Deconvnet, image_size: int | Sequence[in
     """
     deconv = _deconvnet(model)
     size = _image_size(image_size)
-    layout = _layout(deconv, size, in_channels)
+    layout = _graph_layout(deconv, size, in_channels)
+    graph: Graph = deconv.graph
     whole = ReceptiveField((0, 0), size, (0, 0))
-    jump, extent, start = [1, 1], [1, 1], [0, 0]
-    per_stage: list[ReceptiveField] = []
-    is_global = False
-    for i, stage in enumerate(deconv._stages):
-        geometry = _uniform_geometry(stage, layout, i)
-        if geometry is None:
-            is_global = True
-        if not is_global:
-            kernel, stride, padding, dilation = geometry
-            for d in range(2):
-                start[d] -= padding[d] * jump[d]
-                extent[d] += dilation[d] * (kernel[d] - 1) * jump[d]
-                jump[d] *= stride[d]
-        per_stage.append(whole if is_global else ReceptiveField(tuple(jump), tuple(extent), tuple(start)))
-    return {name: per_stage[index] for name, index in deconv._ends.items()}
-
-
-_Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
-
-
-def _uniform_geometry(stage: _Stage, layout: _Layout, i: int) -> _Geometry | None:
-    """(kernel, stride, padding, dilation) of a stage with a uniform field; None where it sees everything."""
-    if stage.local:
-        return stage.kernel, stage.stride, stage.padding, stage.dilation
-    if stage.kind == "avgpool":
-        (_, h, w), (_, ho, wo) = layout.inputs[i], layout.outputs[i]
-        if h % ho == 0 and w % wo == 0:
-            k = (h // ho, w // wo)
-            return k, k, (0, 0), (1, 1)
-    return None
+    # per node and dimension: (jump, start, end) of position 0's field; None: the whole image
+    fields: dict[int, tuple[tuple[int, int, int], tuple[int, int, int]] | None] = {0: ((1, 0, 1), (1, 0, 1))}
+    for node in graph.nodes[1:]:
+        i = node.index
+        if node.kind != "op" or not node.inputs:
+            continue
+        g = layout.geometry[i]
+        ins = [fields.get(r) for r in node.inputs]
+        if g is None or any(f is None for f in ins):
+            fields[i] = None
+            continue
+        per_dim = []
+        for d in range(2):
+            jumps = {f[d][0] for f in ins}  # type: ignore[index]
+            if len(jumps) != 1:  # paths of different strides meet: no uniform field
+                per_dim = None
+                break
+            jump = jumps.pop()
+            lo = min(f[d][1] for f in ins)  # type: ignore[index]
+            hi = max(f[d][2] for f in ins)  # type: ignore[index]
+            k, s, p = g.extent(d), g.stride[d], g.padding[d]
+            per_dim.append((jump * s, lo - p * jump, hi + (k - 1 - p) * jump))
+        fields[i] = tuple(per_dim) if per_dim is not None else None  # type: ignore[assignment]
+    result = {}
+    for name, i in graph.layers.items():
+        f = fields.get(i)
+        if f is None or _hw(layout.shapes[i], layout.axes[i]) is None:
+            result[name] = whole
+        else:
+            result[name] = ReceptiveField((f[0][0], f[1][0]), (f[0][2] - f[0][1], f[1][2] - f[1][1]),
+                                          (f[0][1], f[1][1]))
+    return result
 
 
 def receptive_field(model: nn.Module | Deconvnet, layer: str, position: Sequence[int],
@@ -177,35 +193,49 @@ def receptive_field(model: nn.Module | Deconvnet, layer: str, position: Sequence
     """
     deconv = _deconvnet(model)
     size = _image_size(image_size)
-    layout = _layout(deconv, size, in_channels)
-    target = deconv._stage_index(layer)
-    out_shape = layout.outputs[target]
-    limits = out_shape[1:] if len(out_shape) == 3 else (1, 1)
+    layout = _graph_layout(deconv, size, in_channels)
+    graph: Graph = deconv.graph
+    target = graph.index_of(layer)
+    hw = _hw(layout.shapes[target], layout.axes[target])
+    limits = hw if hw is not None else (1, 1)
     if len(position) != 2 or not all(0 <= int(p) < lim for p, lim in zip(position, limits)):
         raise ValueError(f"position must be (row, column) inside {layer}'s {limits[0]}x{limits[1]} map, "
                          f"got {tuple(position)}")
-    # The rows and columns of the current stage's output the activation depends on; None: all of it.
-    sets: list[torch.Tensor] | None = None
-    if len(out_shape) == 3:
-        sets = [torch.tensor([int(position[0])]), torch.tensor([int(position[1])])]
-    for i in range(target, -1, -1):
-        stage, in_shape = deconv._stages[i], layout.inputs[i]
-        if len(in_shape) != 3:  # a vector: no rows and columns yet
-            sets = None
-        elif sets is None or not (stage.local or stage.kind == "avgpool"):  # whole maps in, whole maps read
-            sets = [torch.arange(in_shape[1]), torch.arange(in_shape[2])]
-        elif stage.kind == "avgpool":
-            out_size = layout.outputs[i][1:]
-            sets = [torch.tensor(sorted({q for r in sets[d].tolist()
-                                         for q in range(*_adaptive_windows(out_size[d], in_shape[1 + d])[r])}))
-                    for d in range(2)]
-        else:
-            new = []
-            for d in range(2):
-                taps = torch.arange(stage.kernel[d]) * stage.dilation[d]
-                rows = (sets[d][:, None] * stage.stride[d] - stage.padding[d] + taps).flatten()
-                new.append(torch.unique(rows[(rows >= 0) & (rows < in_shape[1 + d])]))
-            sets = new
-    if sets is None or not len(sets[0]) or not len(sets[1]):
+    graph.require_rules(target, "the receptive field")
+    # per node, the rows and columns of its output the activation depends on; None: all of it
+    sets: dict[int, list[torch.Tensor] | None] = {
+        target: [torch.tensor([int(position[0])]), torch.tensor([int(position[1])])] if hw is not None else None}
+    for i in range(target, 0, -1):
+        if i not in sets:
+            continue
+        node, mine = graph.nodes[i], sets.pop(i)
+        g = layout.geometry[i]
+        for r in node.inputs:
+            in_hw = _hw(layout.shapes[r], layout.axes[r])
+            if in_hw is None:
+                new = None
+            elif mine is None or (g is None and node.op.kind != "adaptive_avgpool"):
+                new = [torch.arange(in_hw[0]), torch.arange(in_hw[1])]
+            elif g is None:  # adaptive average pool with uneven windows
+                out_hw = _hw(layout.shapes[i], layout.axes[i])
+                new = [torch.tensor(sorted({q for o in mine[d].tolist()
+                                            for q in range(*_adaptive_windows(out_hw[d], in_hw[d])[o])}))
+                       for d in range(2)]
+            else:
+                new = []
+                for d in range(2):
+                    taps = torch.arange(g.kernel[d]) * g.dilation[d]
+                    rows = (mine[d][:, None] * g.stride[d] - g.padding[d] + taps).flatten()
+                    new.append(torch.unique(rows[(rows >= 0) & (rows < in_hw[d])]))
+            if r in sets:
+                old = sets[r]
+                sets[r] = None if old is None or new is None else [torch.unique(torch.cat((old[d], new[d])))
+                                                                   for d in range(2)]
+            else:
+                sets[r] = new
+    found = sets.get(0, [torch.arange(size[0]), torch.arange(size[1])]) if 0 in sets else None
+    if 0 in sets and found is None:
+        found = [torch.arange(size[0]), torch.arange(size[1])]
+    if found is None or not len(found[0]) or not len(found[1]):
         return 0, 0, 0, 0
-    return int(sets[0].min()), int(sets[1].min()), int(sets[0].max()) + 1, int(sets[1].max()) + 1
+    return int(found[0].min()), int(found[1].min()), int(found[0].max()) + 1, int(found[1].max()) + 1

@@ -3,7 +3,8 @@
 Zeiler & Fergus's Fig. 2 shows, for feature maps of each layer, the nine validation images whose
 strongest activation in that map is largest, each projected to pixel space by the deconvnet beside
 the image patch under its receptive field. :func:`top_activations` finds them in one streaming
-pass (forward hooks, a running top-k per map; no activation is stored) and
+pass over the model's traced graph (a running top-k per map, no activation stored, nothing
+registered on the model; any layer the graph names) and
 :func:`project_top_activations` computes the projections and patches, batched.
 """
 
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .deconvnet import KEEP_MODES, Deconvnet, _crop, _eval_mode, _Window
+from ..graph import Graph, Window, crop, eval_mode, model_like, trace
+from .deconvnet import KEEP_MODES, Deconvnet
 from .receptive_field import receptive_fields
 
-__all__ = ["TopK", "TopKProjections", "top_activations", "project_top_activations"]
+__all__ = ["TopK", "TopKProjections", "top_activations", "project_top_activations", "resolve_layers",
+           "layer_outputs"]
 
 
 @dataclass(frozen=True)
@@ -147,32 +150,26 @@ def _images_of(batch: object) -> torch.Tensor:
                     f"got a {type(batch).__name__}")
 
 
-def _model_like(model: nn.Module) -> torch.Tensor | None:
-    """A tensor of the model whose device and dtype its inputs should have: its first parameter, or its
-    first floating-point buffer when it has no parameters; None for neither."""
-    for t in model.parameters():
-        return t
-    for t in model.buffers():
-        if t.is_floating_point():
-            return t
-    return None
-
-
-def _resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> tuple[list[str], dict[str, nn.Module]]:
-    """``layers`` as a list of distinct module names of ``model`` (order kept), and the model's modules.
+def resolve_layers(graph: Graph, layers: str | Sequence[str]) -> list[str]:
+    """``layers`` as a list of distinct layer names of ``graph`` (order kept).
 
     Raises:
-        ValueError: no layer, or a name that is not a module of ``model`` (the message lists the valid names).
+        ValueError: no layer, or a name the graph does not know (the message lists the valid names).
+        TypeError: a name that is not a str.
     """
     names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not names:
         raise ValueError("layers is empty; name at least one layer")
-    modules = dict(model.named_modules())
     for name in names:
-        if not isinstance(name, str) or not name or name not in modules:
-            valid = ", ".join(n for n in modules if n)
-            raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
-    return names, modules
+        graph.index_of(name)
+    return names
+
+
+def layer_outputs(graph: Graph, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The outputs of the named layers for one batch, running the graph only as far as the deepest one."""
+    index = {name: graph.index_of(name) for name in names}
+    values = graph.run(images, upto=max(index.values()), keep=index.values())
+    return {name: values[i] for name, i in index.items()}
 
 
 def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Sequence[torch.Tensor]],
@@ -180,16 +177,18 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
     """The ``k`` images with the strongest activation in each feature map of each layer.
 
     One pass over ``data`` in eval mode under ``torch.no_grad`` (each module's training flag is
-    restored afterwards). Forward hooks on the layers keep, per feature map, a running top-k of
-    the per-image maxima (one entry per image, with the position of its maximum); they are
-    removed when the pass ends, also after an error. Memory: O(layers x channels x k).
+    restored afterwards), through the model's traced graph (:func:`zfnet.graph.trace`) up to the
+    deepest layer asked for; per feature map a running top-k of the per-image maxima (one entry per
+    image, with the position of its maximum). Nothing is registered on the model. Memory:
+    O(layers x channels x k).
 
     Args:
-        model: any ``nn.Module``; images are moved to the device and dtype of its parameters.
+        model: any CNN :func:`zfnet.graph.trace` can trace; images are moved to the device and dtype
+            of its parameters.
         data: an iterable of image batches (B, C, H, W) or of ``(images, labels)`` batches, such as
             a ``DataLoader``.
-        layers: one submodule name (``"conv5"``, ``"features.12"``) or several; a container's
-            output is its last module's.
+        layers: one layer name (``"conv5"``, ``"features.12"``, ``"layer3.1"``) or several (see
+            :attr:`zfnet.graph.Graph.layer_names`).
         k: how many images to keep per feature map.
 
     Returns:
@@ -212,34 +211,23 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
         >>> top["conv1"].values.shape, top["fc6"].position.shape
         (torch.Size([16, 9]), torch.Size([128, 9, 2]))
     """
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, (nn.Module, Graph)):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    names, modules = _resolve_layers(model, layers)
+    graph = model if isinstance(model, Graph) else trace(model)
+    names = resolve_layers(graph, layers)
     running = {name: _RunningTopK(name, k) for name in names}
-    like = _model_like(model)
-    seen = [0]
-
-    def hook_for(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            running[name].update(output, seen[0])
-        return hook
-
-    handles = []
-    try:
-        with _eval_mode(model), torch.no_grad():
-            for name in names:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
-            for batch in data:
-                images = _images_of(batch)
-                if like is not None:
-                    images = images.to(device=like.device, dtype=like.dtype)
-                model(images)
-                seen[0] += len(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    like = model_like(graph.model)
+    seen = 0
+    with eval_mode(graph.model), torch.no_grad():
+        for batch in data:
+            images = _images_of(batch)
+            if like is not None:
+                images = images.to(device=like.device, dtype=like.dtype)
+            for name, output in layer_outputs(graph, images, names).items():
+                running[name].update(output, seen)
+            seen += len(images)
     result = {}
     for name, top in running.items():
         if top.values is None:  # no image at all: the width is unknown
@@ -287,7 +275,7 @@ def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
         raise TypeError(f"top must be a TopK (from top_activations), got {type(top).__name__}")
     if keep not in KEEP_MODES:
         raise ValueError(f"keep must be one of {', '.join(KEEP_MODES)}, got {keep!r}")
-    deconv._stage_index(top.layer)
+    deconv.graph.index_of(top.layer)
     c_all, k = top.values.shape
     chans = torch.arange(c_all) if channels is None else torch.as_tensor(channels).long().flatten()
     if len(chans) and (int(chans.min()) < 0 or int(chans.max()) >= c_all):
@@ -296,7 +284,7 @@ def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
     position = top.position[chans.to(top.position.device)].cpu()
     valid = index >= 0
     unique, rows = torch.unique(index[valid], return_inverse=True)
-    x = _fetch(images, unique.tolist(), _model_like(deconv.model))
+    x = _fetch(images, unique.tolist(), model_like(deconv.model))
     n_chan = len(chans)
     entry_chan = chans[:, None].expand(n_chan, k)[valid]
     entry_pos = position[valid]
@@ -310,8 +298,8 @@ def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
         projections[valid.to(x.device)] = deconv.project(
             x, top.layer, entry_chan, keep, positions=entry_pos if keep == "max" else None, image_index=rows)
         windows = rf.windows(entry_pos)  # (N, 4) unclipped
-        field = _Window(windows[:, :2], rf.size, (h, w))
-        patches[valid.to(x.device)] = _crop(x, rows, field, 0.0)
+        field = Window(windows[:, :2], rf.size, (h, w))
+        patches[valid.to(x.device)] = crop(x, rows, field, 0.0)
         limit = torch.tensor([h, w, h, w], device=windows.device)
         boxes[valid] = torch.minimum(windows.clamp(min=0), limit).cpu()
     return TopKProjections(chans, projections, patches, boxes)
