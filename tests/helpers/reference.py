@@ -66,6 +66,7 @@ RECTIFIERS: tuple[Callable, ...] = _existing(
     "F.leaky_relu", "F.leaky_relu_", "F.elu", "F.elu_", "F.selu", "torch.selu", "torch.selu_", "F.celu",
     "F.gelu", "F.silu", "F.mish", "F.hardswish",
     "F.hardsigmoid", "F.sigmoid", "torch.sigmoid", "torch.sigmoid_", "Tensor.sigmoid", "Tensor.sigmoid_",
+    "torch.clamp", "Tensor.clamp", "torch.clamp_min", "Tensor.clamp_min", "torch.tanh", "Tensor.tanh", "F.softplus",
 )
 
 #: Activations whose outputs are gate values (see the module docstring).

@@ -653,6 +653,22 @@ class GetItem(Op):
         return [("slot", int(args[1]), signal)]  # type: ignore[list-item]
 
 
+def _basic_index(index: Any) -> bool:
+    """An index of slices, None and Ellipsis only (a view of the tensor), with at least one of them."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(p is None or p is Ellipsis or isinstance(p, slice) for p in parts) and all(
+        p is None or p is Ellipsis or isinstance(p, (slice, int)) for p in parts)
+
+
+class Index(Op):
+    """Basic indexing of a tensor (``x[:, :, None, None]``, ``x[:, :k]``): a view; its adjoint scatters back."""
+
+    kind = "index"
+
+    def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
+        return [_linear_adjoint(lambda t: t[args[1]], signal, in_shapes[0])]
+
+
 class Reshape(Op):
     """``view``/``reshape``/``flatten``/``permute``/``transpose``/``squeeze``: the signal is reshaped back.
 
@@ -838,6 +854,8 @@ def resolve_function(target: Any, args: Sequence[Any], kwargs: dict[str, Any],
         dim = _arg(args, kwargs, 2, "dim", 0)
         return Split(fn, label, dim=int(dim))
     if method is None and target is operator.getitem:
+        if len(args) > 1 and _basic_index(args[1]):
+            return Index(fn, label)  # on a tensor: x[:, :, None, None]; on a tuple: GetItem (decided at layout)
         return GetItem(fn, label)
     if (method is not None and base in _RESHAPE_METHODS) or (method is None and target in _RESHAPE_FUNCTIONS):
         return Reshape(fn, label, name=base)
