@@ -31,7 +31,7 @@ import torch
 
 from zfnet.analysis.features import FEATURE_LAYERS, extract_features
 from zfnet.data.folders import Batch
-from zfnet.data.transforms import base_size
+from zfnet.data.transforms import Normalization, base_size
 from zfnet.models import build, list_models, model_info
 from zfnet.models._fast import prepare_for_speed
 from zfnet.train.evaluate import predict
@@ -77,7 +77,7 @@ def main() -> None:
     model = build(args.model, num_classes=10).eval()
     prepare_for_speed(model, train=False)
     images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8)
-    mean = images.float().mean(0)
+    mean = Normalization(images.float().mean(0))
     stream = MemoryStream(images)
 
     def inference() -> None:

@@ -26,7 +26,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # A None default means "not given": the help text says what happens then.
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -51,6 +55,63 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _input_size(text: str) -> int:
+    from .train.external import INPUT_SIZES
+
+    value = _positive_int(text)
+    if not INPUT_SIZES[0] <= value <= INPUT_SIZES[1]:
+        raise argparse.ArgumentTypeError(f"must be from {INPUT_SIZES[0]} to {INPUT_SIZES[1]} pixels, got {value}")
+    return value
+
+
+def _rgb(text: str) -> tuple[float, float, float]:
+    import math
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected three finite numbers (R,G,B), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _model_flags(p: argparse.ArgumentParser, run_help: str) -> None:
+    """The positional run and, instead of it, a model zfnet did not train (--model and its options)."""
+    from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS
+
+    p.add_argument("run", type=Path, nargs="?", default=None, help=f"{run_help}; or give --model instead")
+    p.add_argument("--weights", default=None,
+                   help="a run's weights: best, last or epoch-N (default: best); with --model, a .safetensors "
+                   "file or a torch.save state dict (read with weights_only=True; default: the factory's own)")
+    g = p.add_argument_group("a model zfnet did not train (instead of a run; see docs/own-model.md)")
+    g.add_argument("--model", default=None, metavar="SPEC",
+                   help="FILE.py:FACTORY or package.module:FACTORY; the factory is called with no arguments "
+                   "and returns the nn.Module")
+    g.add_argument("--input-size", type=_input_size, default=None, metavar="N",
+                   help=f"the model's input side in pixels; images are resized to N*256/224 and centre-cropped "
+                   f"to N (default: {DEFAULT_INPUT_SIZE})")
+    g.add_argument("--normalize", default=None, choices=tuple(NORMALIZATIONS),
+                   help="the model's input normalisation, a preset: imagenet (mean 0.485,0.456,0.406, std "
+                   "0.229,0.224,0.225) or unit (pixels / 255) (default: imagenet)")
+    g.add_argument("--mean", type=_rgb, default=None, metavar="R,G,B",
+                   help="per-channel input mean on the 0-1 scale, with --std (instead of --normalize)")
+    g.add_argument("--std", type=_rgb, default=None, metavar="R,G,B",
+                   help="per-channel input standard deviation on the 0-1 scale, with --mean")
+    g.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                   help="the model's class names, one a line in output order (default: the data set's class "
+                   "folders where the command reads one, else class_0, class_1, ...)")
+
+
+def _loaded(args: argparse.Namespace, data: Path | None = None, split: str = "val"):
+    """The run or model that the command's arguments name (see zfnet.train.external.load_run_or_model)."""
+    from .train.external import load_run_or_model
+
+    return load_run_or_model(args.run, weights=args.weights, model=args.model, input_size=args.input_size,
+                             mean=args.mean, std=args.std, normalize=args.normalize, classes=args.classes,
+                             data=data, split=split)
 
 
 # Training flags: (flag, config field, type, help). Their defaults come from TrainConfig, so the
@@ -133,13 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     # evaluate
     p_eval = sub.add_parser("evaluate", help="top-1 / top-5 error of a run, or of an ensemble of runs",
                             formatter_class=_Formatter)
-    p_eval.add_argument("run", type=Path, help="run directory (or a .safetensors file in one)")
+    _model_flags(p_eval, "run directory (or a .safetensors file in one)")
     p_eval.add_argument("--data", type=Path, required=True, help="data folder")
     p_eval.add_argument("--split", default="val", help="split folder to evaluate on")
     p_eval.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
     p_eval.add_argument("--ensemble", type=Path, nargs="+", default=[], metavar="RUN",
                         help="more runs: their softmax outputs are averaged with RUN's (Table 2)")
-    p_eval.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_eval.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
     p_eval.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
     p_eval.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
@@ -154,16 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "an index.json of every map's top images, positions and values. With --compare, also "
                            "Fig. 6: this run's and another run's layer-1/2 features with dead-filter and "
                            "aliasing figures.")
-    p_vis.add_argument("run", type=Path, help="run directory")
+    _model_flags(p_vis, "run directory")
     p_vis.add_argument("--data", type=Path, required=True, help="data folder")
     p_vis.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and index.json")
-    p_vis.add_argument("--layers", type=_csv_names, default=("conv1", "conv2", "conv3", "conv4", "conv5"),
-                       help="layers to visualise, comma-separated (default: conv1,...,conv5)")
+    p_vis.add_argument("--layers", type=_csv_names, default=None,
+                       help="layers to visualise, comma-separated (default: conv1,...,conv5; for another "
+                       "--model, its top-level stages that hold convolutions, e.g. conv1,layer1,...,layer4)")
     p_vis.add_argument("--k", type=_positive_int, default=9, help="top activations per feature map")
     p_vis.add_argument("--maps", type=_positive_int, default=16,
                        help="feature maps shown per layer, a seeded random subset (default: 16)")
     p_vis.add_argument("--split", default="val", help="split folder whose images are searched")
-    p_vis.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_vis.add_argument("--max-images", type=_positive_int, default=None, help="search only the first N images")
     p_vis.add_argument("--seed", type=int, default=0, help="seed of the choice of shown maps")
     p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
@@ -177,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "and (e) the most probable class. Exact incremental inference: only the part of each "
                            "layer the occluder reaches is recomputed. With --data, one image per class and, with "
                            "--pointing-game, how often the most sensitive position falls in the object's box.")
-    p_occ.add_argument("run", type=Path, help="run directory")
+    _model_flags(p_occ, "run directory")
     src = p_occ.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, nargs="+", default=None, metavar="IMG", help="image files")
     src.add_argument("--data", type=Path, default=None, help="data folder: one seeded image per class of --split")
@@ -187,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_occ.add_argument("--window", type=_positive_int, default=None,
                        help="occluder side in pixels (default: 32 at 224 px input, in proportion)")
     p_occ.add_argument("--stride", type=_positive_int, default=None, help="occluder step (default: window / 4)")
-    p_occ.add_argument("--layer", default="conv5", help="layer of panels (b) and (c)")
+    p_occ.add_argument("--layer", default=None,
+                       help="layer of panels (b) and (c) (default: conv5; for another --model, the deepest of "
+                       "its top-level stages that hold convolutions)")
     p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate", "coarse"),
                        help="exact; approximate (projective fields capped at --cap) or coarse (every other "
                        "position, drilling down where neighbours differ by more than --tol), with their SSIM")
@@ -198,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_occ.add_argument("--split", default="val", help="with --data: split folder")
     p_occ.add_argument("--pointing-game", type=_positive_int, default=None, metavar="N",
                        help="with --data: play the pointing game on up to N images (needs annotations.json)")
-    p_occ.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_occ.add_argument("--batch-size", type=_positive_int, default=64, help="occluder positions per batch")
     p_occ.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
     p_corr = sub.add_parser("correspondence", help="correspondence of object parts: Δ per occluded part (Table 1)",
@@ -207,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "regions of the same size, and measure how consistently the features change: "
                             "Δ = mean normalised Hamming distance between the signs of the feature differences "
                             "of pairs of images (the paper's Table 1). Writes correspondence.png and .json.")
-    p_corr.add_argument("run", type=Path, help="run directory")
+    _model_flags(p_corr, "run directory")
     p_corr.add_argument("--data", type=Path, required=True, help="data folder the annotated image paths are in")
     p_corr.add_argument("--out", type=Path, required=True, help="output folder")
     p_corr.add_argument("--annotations", type=Path, default=None,
@@ -219,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_corr.add_argument("--images", type=_positive_int, default=5, help="annotated images used, a seeded choice")
     p_corr.add_argument("--trials", type=int, default=10, help="draws of random regions per part (the control)")
     p_corr.add_argument("--split", default="val", help="use images under DATA/SPLIT/ only; 'all' for every one")
-    p_corr.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_corr.add_argument("--seed", type=int, default=0, help="seed of the choice of images and random regions")
     p_corr.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -228,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Translate vertically, scale and rotate images; plot the normalised "
                            "distance of the features at two layers to the original's, and P(true class), one "
                            "line per image (the paper's Fig. 5). Writes invariance.png and invariance.json.")
-    p_inv.add_argument("run", type=Path, help="run directory")
+    _model_flags(p_inv, "run directory")
     p_inv.add_argument("--data", type=Path, required=True, help="data folder")
     p_inv.add_argument("--out", type=Path, required=True, help="output folder")
     p_inv.add_argument("--layers", type=_csv_names, default=("conv1", "fc7"),
@@ -242,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "quarter of the input)")
     p_inv.add_argument("--scales", type=_csv_floats, default=None, help="scale factors (default: 1.0,1.1,...,1.8)")
     p_inv.add_argument("--angles", type=_csv_floats, default=None, help="rotations in degrees (default: 0,10,...,360)")
-    p_inv.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_inv.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
     p_inv.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -261,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "voc2012: one-vs-all classifiers trained on VOC train, average precision on val. Writes "
         "OUT/transfer.json, .md, .csv and .png beside the paper's Tables 4-6. Run the same command again to "
         "resume an interrupted experiment.")
-    p_tr.add_argument("run", type=Path, help="the pretrained run directory")
+    _model_flags(p_tr, "the pretrained run directory")
     p_tr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
     p_tr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "voc2012", "folders"),
                       help="data layout (folders: train/ and val/ class folders, pooled)")
@@ -294,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "once per image and cached; a linear SVM and a softmax per layer are trained on --per-class images per "
         "class and tested on the rest, over --splits random splits. Writes OUT/probes.json, .md, .csv and a "
         "plot of accuracy against depth (probes.png) beside the paper's Table 7.")
-    p_pr.add_argument("run", type=Path, help="the pretrained run directory")
+    _model_flags(p_pr, "the pretrained run directory")
     p_pr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
     p_pr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "folders"),
                       help="data layout (folders: train/ and val/ class folders, pooled)")
@@ -510,8 +569,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate_runs
     from .train.distributed import resolve_device
 
-    report = evaluate_runs([args.run, *args.ensemble], args.data, split=args.split, ten_crop=args.ten_crop,
-                           weights=args.weights, layout=args.layout, workers=args.workers,
+    # --weights names a file with --model; the --ensemble runs then use their best weights.
+    report = evaluate_runs([_loaded(args, args.data, args.split), *args.ensemble], args.data, split=args.split,
+                           ten_crop=args.ten_crop, weights="best" if args.model else args.weights or "best",
+                           layout=args.layout, workers=args.workers,
                            batch_size=args.batch_size, device=resolve_device(args.device))
     _print_eval(report)
     if args.json is not None:
@@ -524,13 +585,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from .visualize.job import compare_architectures, visualize_run
 
-    index = visualize_run(args.run, args.data, layers=args.layers, k=args.k, maps=args.maps, split=args.split,
-                          out=args.out, weights=args.weights, seed=args.seed, max_images=args.max_images)
+    loaded = _loaded(args, args.data, args.split)
+    index = visualize_run(loaded, args.data, layers=args.layers, k=args.k, maps=args.maps, split=args.split,
+                          out=args.out, seed=args.seed, max_images=args.max_images)
     shown = sum(len(maps) for maps in index["layers"].values())
     print(f"visualised {shown} feature maps of {', '.join(index['layers'])} over {index['images']} images")
     if args.compare is not None:
-        compare_architectures(args.run, args.compare, args.out, data=args.data, split=args.split,
-                              weights=args.weights, seed=args.seed)
+        compare_architectures(loaded, args.compare, args.out, data=args.data, split=args.split,
+                              weights="best" if args.model else args.weights or "best", seed=args.seed)
         print(f"architecture comparison with {args.compare}: {args.out / 'architectures.png'}")
     print(f"figures and index.json in {args.out}")
     return 0
@@ -557,10 +619,10 @@ def _csv_floats(text: str) -> tuple[float, ...]:
 def _cmd_correspondence(args: argparse.Namespace) -> int:
     from .analysis.jobs import correspondence_job
 
-    record = correspondence_job(args.run, args.data, args.out, parts=args.parts, layers=args.layers,
+    record = correspondence_job(_loaded(args), args.data, args.out, parts=args.parts, layers=args.layers,
                                 images=args.images, random_trials=args.trials,
                                 split=None if args.split == "all" else args.split, annotations=args.annotations,
-                                weights=args.weights, seed=args.seed, show_progress=not args.quiet)
+                                seed=args.seed, show_progress=not args.quiet)
     table = record["report"]["tables"][0]
     print("  ".join(f"{c:>16}" if i else f"{c:<12}" for i, c in enumerate(table["columns"])))
     for row in table["rows"]:
@@ -580,8 +642,8 @@ def _cmd_invariance(args: argparse.Namespace) -> int:
 
     steps = {t: v for t, v in (("translation", args.shifts), ("scale", args.scales), ("rotation", args.angles))
              if v is not None}
-    record = invariance_job(args.run, args.data, args.out, layers=args.layers, images=args.images,
-                            split=args.split, transforms=args.transforms, steps=steps, weights=args.weights,
+    record = invariance_job(_loaded(args, args.data, args.split), args.data, args.out, layers=args.layers,
+                            images=args.images, split=args.split, transforms=args.transforms, steps=steps,
                             seed=args.seed, show_progress=not args.quiet)
     table = record["report"]["tables"][0]
     print("  ".join(f"{c:>14}" for c in table["columns"]))
@@ -642,11 +704,11 @@ def _cmd_occlusion(args: argparse.Namespace) -> int:
     from .analysis.occlusion_job import occlusion_job
 
     target = args.target
-    result = occlusion_job(args.run, args.out, images=args.image or (), data=args.data, n_images=args.images,
+    result = occlusion_job(_loaded(args, args.data, args.split), args.out, images=args.image or (), data=args.data,
+                           n_images=args.images,
                            split=args.split, target=target, window=args.window, stride=args.stride,
                            layer=args.layer, mode=args.mode, cap=args.cap, tol=args.tol,
-                           pointing=args.pointing_game,
-                           batch_size=args.batch_size, weights=args.weights, seed=args.seed)
+                           pointing=args.pointing_game, batch_size=args.batch_size, seed=args.seed)
     for r in result["images"]:
         inside = "" if r["most_sensitive_in_box"] is None else (
             ", in the object's box" if r["most_sensitive_in_box"] else ", outside the object's box")
@@ -676,7 +738,6 @@ def _l2_arg(text: str) -> float | str:
 def _feature_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=Path, default=None,
                    help="feature cache folder, which transfer and probes can share; None: OUT/features")
-    p.add_argument("--weights", default="best", help="the run's weights: best, last or epoch-N")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=None, help="data loading processes; None: cores - 1")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -685,11 +746,10 @@ def _feature_flags(p: argparse.ArgumentParser) -> None:
 
 def _exp_transfer(args: argparse.Namespace) -> int:
     from .analysis.transfer import ScratchRecipe, run_transfer
-    from .train import load_run
     from .train.distributed import resolve_device
 
     recipe = ScratchRecipe(steps=args.scratch_steps, batch_size=args.scratch_batch_size, lr=args.scratch_lr)
-    result = run_transfer(load_run(args.run, args.weights), args.data, args.out, layout=args.layout,
+    result = run_transfer(_loaded(args), args.data, args.out, layout=args.layout,
                           per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
                           baseline=not args.no_baseline, untrained=not args.no_untrained, recipe=recipe,
                           l2=args.l2, layer=args.layer,
@@ -702,10 +762,9 @@ def _exp_transfer(args: argparse.Namespace) -> int:
 
 def _exp_probes(args: argparse.Namespace) -> int:
     from .analysis.probes import run_probes
-    from .train import load_run
     from .train.distributed import resolve_device
 
-    result = run_probes(load_run(args.run, args.weights), args.data, args.out, layout=args.layout,
+    result = run_probes(_loaded(args), args.data, args.out, layout=args.layout,
                         per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
                         layers=args.layers, classifiers=args.classifiers, grid=args.grid, pool=args.pool,
                         l2=args.l2, include_background=args.include_background, features_dir=args.features,

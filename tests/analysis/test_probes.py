@@ -16,6 +16,7 @@ from zfnet.analysis.probes import depth_trend, probe_layers, run_probes
 from zfnet.cli import main
 from zfnet.data import ImageStream, open_dataset
 from zfnet.data.caltech import sample_splits
+from zfnet.data.transforms import Normalization
 from zfnet.models import build
 
 
@@ -42,7 +43,7 @@ def test_features_match_hooked_outputs_pooled_explicitly(stream):
     reference = build("zfnet-tiny", num_classes=3).eval()
     reference.load_state_dict(model.state_dict())
     mean = torch.full((3, 73, 73), 100.0)
-    feats = extract_features(model, stream, mean, input_size=64, grid=4, show_progress=False)
+    feats = extract_features(model, stream, Normalization(mean), input_size=64, grid=4, show_progress=False)
 
     # Independent path: the plain NCHW model, its outputs caught by forward hooks, pooled by hand.
     caught: dict[str, torch.Tensor] = {}
@@ -71,7 +72,7 @@ def test_features_match_hooked_outputs_pooled_explicitly(stream):
 
 def test_max_pooling_and_small_maps(stream):
     model = build("zfnet-tiny", num_classes=3)
-    mean = torch.zeros(3, 73, 73)
+    mean = Normalization(torch.zeros(3, 73, 73))
     avg = extract_features(model, stream, mean, input_size=64, layers=("conv2",), grid=8, show_progress=False)
     assert avg.layers["conv2"].shape[1] == 32 * 36  # a 6 x 6 map is smaller than the 8 x 8 grid: kept as it is
     mx = extract_features(model, stream, mean, input_size=64, layers=("conv2",), grid=1, pool="max",
@@ -83,7 +84,7 @@ def test_max_pooling_and_small_maps(stream):
 
 def test_cache_is_read_back_and_invalidated(stream, tmp_path, monkeypatch):
     model = build("zfnet-tiny", num_classes=3)
-    mean = torch.zeros(3, 73, 73)
+    mean = Normalization(torch.zeros(3, 73, 73))
     cache = tmp_path / "cache"
     first = extract_features(model, stream, mean, input_size=64, cache_dir=cache, show_progress=False)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.safetensors" for n in FEATURE_LAYERS)
@@ -113,7 +114,8 @@ def test_unreadable_images_are_left_out(tmp_path):
     bad.write_bytes(b"not a png")
     ds = open_dataset(root, "train", 73)
     feats = extract_features(build("zfnet-tiny", num_classes=2), ImageStream(ds, workers=0, show_progress=False),
-                             torch.zeros(3, 73, 73), input_size=64, layers=("fc6",), show_progress=False)
+                             Normalization(torch.zeros(3, 73, 73)), input_size=64, layers=("fc6",),
+                             show_progress=False)
     bad_index = [p for p, _ in ds.samples].index(bad)
     assert bad_index not in feats.indices.tolist() and len(feats.indices) == 7
     with pytest.raises(ValueError, match=f"image {bad_index} has no features"):
@@ -122,13 +124,41 @@ def test_unreadable_images_are_left_out(tmp_path):
 
 def test_feature_errors(stream):
     model = build("zfnet-tiny", num_classes=3)
-    mean = torch.zeros(3, 73, 73)
+    mean = Normalization(torch.zeros(3, 73, 73))
     with pytest.raises(ValueError, match="no layer 'conv9'"):
         extract_features(model, stream, mean, input_size=64, layers=("conv9",), show_progress=False)
     with pytest.raises(ValueError, match="pooling"):
         extract_features(model, stream, mean, input_size=64, pool="median", show_progress=False)
-    with pytest.raises(TypeError, match="nn.Sequential"):
+    with pytest.raises(ValueError, match="no layer 'conv1'; its layers: $"):
         extract_features(nn.Linear(3, 3), stream, mean, input_size=64, show_progress=False)
+    with pytest.raises(TypeError, match="nn.Module"):
+        extract_features(lambda x: x, stream, mean, input_size=64, show_progress=False)
+
+
+class _Wrapped(nn.Module):
+    """ZFNet inside another module, as models from elsewhere nest theirs: layers by module path."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_features_of_a_model_that_is_not_sequential_come_from_hooks(stream):
+    model = build("zfnet-tiny", num_classes=3).eval()
+    wrapped = _Wrapped(build("zfnet-tiny", num_classes=3)).eval()
+    wrapped.net.load_state_dict(model.state_dict())
+    norm = Normalization.per_channel((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), size=73)
+    direct = extract_features(model, stream, norm, input_size=64, layers=("conv2", "fc6"), show_progress=False)
+    hooked = extract_features(wrapped, stream, norm, input_size=64, layers=("net.fc6", "net.conv2"),
+                              show_progress=False)
+    assert list(hooked.layers) == ["net.conv2", "net.fc6"]  # in the model's order
+    # Same weights, same kernels: the two paths agree to float32 rounding of a whole forward pass.
+    for a, b in (("conv2", "net.conv2"), ("fc6", "net.fc6")):
+        assert torch.allclose(direct.layers[a], hooked.layers[b], rtol=1e-5, atol=1e-5)
+    assert all(m._forward_hooks == {} for m in wrapped.modules())  # hooks removed after the pass
 
 
 def test_depth_trend():

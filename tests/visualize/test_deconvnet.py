@@ -285,7 +285,8 @@ def test_no_hook_left_and_training_flags_restored_after_success_and_error():
 
 def test_unknown_layer_lists_valid_names():
     deconv = Deconvnet(_zfnet_tiny())
-    with pytest.raises(ValueError, match=r"unknown layer 'conv9'; valid names: conv1.conv, conv1.relu, conv1, pool1, .*fc8"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv9'; valid names: conv1.conv, conv1.relu, conv1, "
+                                         r"pool1, .*fc8"):
         deconv.project(torch.randn(1, 3, 64, 64), "conv9", 0)
     with pytest.raises(TypeError, match="layer must be a str"):
         deconv.project(torch.randn(1, 3, 64, 64), 3, 0)

@@ -3,15 +3,18 @@
 The transfer and probe experiments (Zeiler & Fergus 2014, §5.2, Tables 4-7) read a trained network's
 layers as fixed features: fc7 for the new softmax of Tables 4-6, each of conv1 ... conv5, fc6, fc7 for
 the layer-wise classifiers of Table 7. Each layer's feature of an image is the rectified output of
-that layer (the ``conv1`` ... ``fc7`` children of a :class:`~zfnet.models.ConvNet`) on the image's
-centre crop, minus the training mean image. A convolutional layer's maps are average-pooled to a
-fixed ``grid x grid`` (4 x 4 by default; a map smaller than the grid keeps its own size), so
-conv1 of ZFNet gives 96 x 16 = 1536 numbers per image, conv5 256 x 16 = 4096, and fc6, fc7 4096 each.
+that layer (the ``conv1`` ... ``fc7`` children of a :class:`~zfnet.models.ConvNet`, or any submodule
+of another model, by its module path) on the image's centre crop, normalised as the model expects
+(:class:`~zfnet.data.transforms.Normalization`: minus the training mean image for a zfnet run). A
+convolutional layer's maps are average-pooled to a fixed ``grid x grid`` (4 x 4 by default; a map
+smaller than the grid keeps its own size), so conv1 of ZFNet gives 96 x 16 = 1536 numbers per image,
+conv5 256 x 16 = 4096, and fc6, fc7 4096 each.
 
-One forward pass computes every requested layer, stopping after the deepest one, in the model's fast
+One forward pass computes every requested layer (for an ``nn.Sequential``, stopping after the deepest
+one; for another model, through forward hooks removed after the pass), in the model's fast
 inference form (:func:`~zfnet.models._fast.prepare_for_speed`); pooling and copying the features
 costs a few percent of the pass (``benchmarks/feature_extraction.py``). Each layer's features are
-written to ``CACHE/<layer>.safetensors`` with a fingerprint of the weights, the mean image, the image
+written to ``CACHE/<layer>.safetensors`` with a fingerprint of the weights, the normalisation, the image
 files and the pooling, and read back instead of recomputed while the fingerprint matches.
 """
 
@@ -33,7 +36,7 @@ from torch import nn
 
 from .._io import atomic_write
 from ..data.loader import ImageStream
-from ..data.transforms import center_crop
+from ..data.transforms import Normalization, center_crop
 from ..models._fast import prepare_for_speed
 from ..progress import progress
 
@@ -56,7 +59,7 @@ class FeatureSet:
         labels: (M,) int64, the images' labels.
         grid: side of the grid conv maps were pooled to.
         pool: ``"avg"`` or ``"max"``.
-        fingerprint: :func:`feature_fingerprint` of the weights, mean image, images and pooling ("" when
+        fingerprint: :func:`feature_fingerprint` of the weights, normalisation, images and pooling ("" when
             extracted without a cache).
     """
 
@@ -83,11 +86,11 @@ class FeatureSet:
         return self.layers[layer][self.rows(dataset_indices)]
 
 
-def feature_fingerprint(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_size: int,
+def feature_fingerprint(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
                         grid: int, pool: str) -> str:
     """A hex digest naming what a layer's cached features depend on.
 
-    The weights, the mean image, the image files (paths, sizes, modification times, labels), the base
+    The weights, the normalisation, the image files (paths, sizes, modification times, labels), the base
     and crop sizes and the pooling: change any and cached features are recomputed.
     """
     h = hashlib.sha256()
@@ -96,7 +99,9 @@ def feature_fingerprint(model: nn.Module, stream: ImageStream, mean: torch.Tenso
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    h.update(mean.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(normalization.mean.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    if normalization.std is not None:  # a zfnet run's fingerprint is what it was before there was a std
+        h.update(b"std" + normalization.std.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     for path, label in stream.dataset.samples:
         try:
             st = path.stat()
@@ -107,15 +112,22 @@ def feature_fingerprint(model: nn.Module, stream: ImageStream, mean: torch.Tenso
     return h.hexdigest()
 
 
+def _layer_names(model: nn.Module) -> list[str]:
+    """The names features can be read at: an ``nn.Sequential``'s children, else every submodule's path."""
+    if isinstance(model, nn.Sequential):
+        return [n for n, _ in model.named_children()]
+    return [n for n, _ in model.named_modules() if n]
+
+
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model must be a ZFNet-family nn.Sequential (conv1 ... fc8 children), "
-                        f"got {type(model).__name__}")
-    names = [n for n, _ in model.named_children()]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    names = _layer_names(model)
     layers = list(dict.fromkeys(layers))
     bad = [n for n in layers if n not in names]
     if bad:
-        raise ValueError(f"the model has no layer {bad[0]!r}; its layers: {', '.join(names)}")
+        shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+        raise ValueError(f"the model has no layer {bad[0]!r}; its layers: {shown}")
     if not layers:
         raise ValueError("no layers to extract")
     return sorted(layers, key=names.index)
@@ -161,19 +173,22 @@ def _load_cached(path: Path, fingerprint: str) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_size: int,
+def extract_features(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
                      layers: Sequence[str] = FEATURE_LAYERS, grid: int = 4, pool: str = "avg",
                      batch_size: int = 64, cache_dir: str | Path | None = None,
                      show_progress: bool = True) -> FeatureSet:
     """The features of ``layers`` for every readable image of ``stream``, from the cache where it holds them.
 
     Args:
-        model: a ZFNet-family network (an ``nn.Sequential`` with ``conv1`` ... ``fc7`` children); it is
-            put in evaluation mode and its fast inference form, in place. Its device is used.
-        stream: the images (uint8 at the base size of the model's mean image).
-        mean: the training mean image (3, S, S), 0-255.
+        model: a ZFNet-family network (an ``nn.Sequential`` with ``conv1`` ... ``fc7`` children) or any
+            other (layers named by module path, e.g. ``layer4``); it is put in evaluation mode and its
+            fast inference form, in place. Its device is used.
+        stream: the images (uint8 at the base size of the normalisation's mean image).
+        normalization: how pixels become the model's input (a run's
+            :attr:`~zfnet.train.checkpoint.LoadedRun.normalization`).
         input_size: the model's crop side.
-        layers: which layers, any of the model's children (default: conv1 ... conv5, fc6, fc7).
+        layers: which layers: an ``nn.Sequential``'s children, another model's submodules (default:
+            conv1 ... conv5, fc6, fc7).
         grid: conv maps are pooled to ``grid x grid`` (a smaller map keeps its size).
         pool: ``"avg"`` or ``"max"`` pooling of the conv maps.
         batch_size: images per forward pass.
@@ -187,8 +202,9 @@ def extract_features(model: nn.Module, stream: ImageStream, mean: torch.Tensor, 
         >>> from zfnet.models import build
         >>> from zfnet.data import ImageStream, open_dataset
         >>> stream = ImageStream(open_dataset("data/synth", "val", 73), workers=0)  # doctest: +SKIP
-        >>> fs = extract_features(build("zfnet-tiny", num_classes=10), stream, torch.zeros(3, 73, 73),
-        ...                       input_size=64, layers=("conv5", "fc7"))  # doctest: +SKIP
+        >>> fs = extract_features(build("zfnet-tiny", num_classes=10), stream,
+        ...                       Normalization(torch.zeros(3, 73, 73)), input_size=64,
+        ...                       layers=("conv5", "fc7"))  # doctest: +SKIP
         >>> fs.layers["conv5"].shape[1]  # doctest: +SKIP
         512
     """
@@ -199,7 +215,7 @@ def extract_features(model: nn.Module, stream: ImageStream, mean: torch.Tensor, 
     layers = _check_layers(model, layers)
     cache = Path(cache_dir) if cache_dir is not None else None
     # The fingerprint hashes every weight: computed only for a cache (the experiments always have one).
-    fingerprint = feature_fingerprint(model, stream, mean, input_size=input_size, grid=grid, pool=pool) \
+    fingerprint = feature_fingerprint(model, stream, normalization, input_size=input_size, grid=grid, pool=pool) \
         if cache is not None else ""
     found: dict[str, torch.Tensor] = {}
     indices = labels = None
@@ -210,12 +226,12 @@ def extract_features(model: nn.Module, stream: ImageStream, mean: torch.Tensor, 
                 found[layer], indices, labels = hit
     todo = [n for n in layers if n not in found]
     if todo:
-        computed, new_indices, new_labels = _extract(model, stream, mean, input_size, todo, grid, pool,
+        computed, new_indices, new_labels = _extract(model, stream, normalization, input_size, todo, grid, pool,
                                                       batch_size, show_progress)
         if indices is not None and not torch.equal(indices, new_indices):
             # Readability changed since the cache was written: recompute every layer alike.
-            computed, new_indices, new_labels = _extract(model, stream, mean, input_size, layers, grid, pool,
-                                                          batch_size, show_progress)
+            computed, new_indices, new_labels = _extract(model, stream, normalization, input_size, layers, grid,
+                                                          pool, batch_size, show_progress)
             found = {}
         indices, labels = new_indices, new_labels
         for layer, feats in computed.items():
@@ -231,13 +247,13 @@ def extract_features(model: nn.Module, stream: ImageStream, mean: torch.Tensor, 
     return FeatureSet({n: found[n] for n in layers}, indices, labels, int(grid), pool, fingerprint)
 
 
-def _extract(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_size: int, layers: list[str],
-             grid: int, pool: str, batch_size: int, show_progress: bool):
+def _extract(model: nn.Module, stream: ImageStream, normalization: Normalization, input_size: int,
+             layers: list[str], grid: int, pool: str, batch_size: int, show_progress: bool):
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
     prepare_for_speed(model, train=False)
     channels_last = device.type in ("cpu", "cuda")
-    mean = mean.to(device)
+    normalize = normalization.to(device)
     n = len(stream)
     wanted = set(layers)
     last = layers[-1]
@@ -245,20 +261,40 @@ def _extract(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_si
     seen = torch.zeros(n, dtype=torch.bool)
     all_labels = torch.zeros(n, dtype=torch.long)
     bar = progress(total=n, desc=f"features ({', '.join(layers)})", unit="img", enabled=show_progress)
-    with bar, torch.inference_mode():
-        for batch in stream.batches(range(n), batch_size):
-            x = batch.images.to(device, non_blocking=True).float().sub_(mean)
-            x = center_crop(x, input_size).contiguous(
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            for name, module in model.named_children():
-                x = module(x)
-                if name in wanted:
-                    _store(store, name, _pooled(x, grid, pool), batch.indices, n)
-                if name == last:
-                    break
-            seen[batch.indices] = True
-            all_labels[batch.indices] = batch.labels
-            bar.update(len(batch.indices) + len(batch.bad))
+    current: list[torch.Tensor] = []  # the batch's indices, for the hooks
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, _inputs, output) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() not in (2, 4):
+                got = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ValueError(f"layer {name} outputs {got}; features need (B, D) or (B, C, H, W)")
+            _store(store, name, _pooled(output, grid, pool), current[0], n)
+        return hook
+
+    sequential = isinstance(model, nn.Sequential)
+    modules = dict(model.named_modules())
+    handles = [] if sequential else [modules[name].register_forward_hook(hook_for(name)) for name in layers]
+    try:
+        with bar, torch.inference_mode():
+            for batch in stream.batches(range(n), batch_size):
+                x = center_crop(normalize(batch.images.to(device, non_blocking=True)), input_size).contiguous(
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                if sequential:
+                    for name, module in model.named_children():
+                        x = module(x)
+                        if name in wanted:
+                            _store(store, name, _pooled(x, grid, pool), batch.indices, n)
+                        if name == last:
+                            break
+                else:
+                    current[:] = [batch.indices]
+                    model(x)
+                seen[batch.indices] = True
+                all_labels[batch.indices] = batch.labels
+                bar.update(len(batch.indices) + len(batch.bad))
+    finally:
+        for handle in handles:
+            handle.remove()
     indices = seen.nonzero().flatten()
     if len(indices) == 0:
         raise ValueError("no readable images to extract features from")

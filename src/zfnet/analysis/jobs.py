@@ -16,7 +16,8 @@ is where the random control regions are drawn, the whole image when absent). It 
 
 Each JSON holds every number, ``"kind"``, and a ``"report"`` block (title, summary, figures, tables)
 for the HTML report. ``run`` may be a run directory or a :class:`~zfnet.train.checkpoint.LoadedRun`
-holding any ``nn.Module`` (give ``input_size`` when the model has no ``config.input_size``).
+holding any ``nn.Module`` (give ``input_size`` when the loaded run knows none). Images are normalised
+by the run's own :meth:`~zfnet.train.checkpoint.LoadedRun.normalize`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from PIL import Image
 
 from .._io import atomic_write_json
 from ..data.folders import open_dataset
-from ..data.transforms import center_crop, load_image
+from ..data.transforms import Normalization, center_crop, load_image
 from ..errors import ZFNetError
 from ..train.checkpoint import LoadedRun, load_run
 from ..visualize.analysis_figures import draw_correspondence, draw_invariance
@@ -62,10 +63,9 @@ DISTANCE = "‖f(x) − f(T x)‖ / ‖f(x)‖: Euclidean distance between the f
 def _resolve(run: str | Path | LoadedRun, weights: str, input_size: int | None) -> tuple[LoadedRun, int]:
     loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
     if input_size is None:
-        config = getattr(loaded.model, "config", None)
-        if config is None or not hasattr(config, "input_size"):
+        if loaded.input_size is None:
             raise ZFNetError(f"{type(loaded.model).__name__} has no config.input_size; give input_size")
-        input_size = int(config.input_size)
+        input_size = loaded.input_size
     if isinstance(input_size, bool) or not isinstance(input_size, int) or not 1 <= input_size <= loaded.base_size:
         raise ZFNetError(f"input_size must be an int from 1 to the mean image's side {loaded.base_size}, "
                          f"got {input_size!r}")
@@ -179,7 +179,7 @@ def correspondence_job(run: str | Path | LoadedRun, data: str | Path, out: str |
         annotations: the part-annotation file (default ``DATA/annotations.json``).
         weights: ``best``, ``last`` or ``epoch-N``.
         seed: seeds the choice of images and the random regions.
-        fill: the occluder's value after mean subtraction (0: the mean image, grey).
+        fill: the occluder's value after normalisation (0: the mean image, grey).
         input_size: the model's input side, for models without ``config.input_size``.
         batch_size: images per forward pass.
         show_progress: a progress bar on a terminal.
@@ -225,9 +225,8 @@ def correspondence_job(run: str | Path | LoadedRun, data: str | Path, out: str |
             part_boxes[p].append(map_box(entries[rel]["parts"][p], file_size, base, size))
         box = entries[rel]["box"]
         object_boxes.append(map_box(box, file_size, base, size) if box is not None else [0, 0, size, size])
-    raw = center_crop(torch.stack(pixels), size).float()  # (N, 3, s, s) 0-255
-    mean = center_crop(loaded.mean, size)
-    x = raw - mean
+    norm = loaded.normalization.center_crop(size)
+    x = norm(center_crop(torch.stack(pixels), size))  # (N, 3, s, s), zero = the mean
     boxes = {p: torch.tensor(b) for p, b in part_boxes.items()}
     result = correspondence(loaded.model, x, boxes, object_boxes=torch.tensor(object_boxes), layers=layers,
                             random_trials=random_trials, fill=fill,
@@ -236,11 +235,11 @@ def correspondence_job(run: str | Path | LoadedRun, data: str | Path, out: str |
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = _correspondence_figure(result, x, mean, out / "correspondence.png", fill, _name(loaded))
+    png = _correspondence_figure(result, x, norm, out / "correspondence.png", fill, _name(loaded))
     report = _correspondence_report(result, chosen, png.name)
     record: dict[str, Any] = {
         "kind": "correspondence",
-        "run": str(loaded.root), "model": _name(loaded), "weights": weights, "data": str(data),
+        "run": str(loaded.root), "model": _name(loaded), "weights": loaded.weights, "data": str(data),
         "annotations": str(ann_path), "split": split, "images": chosen, "input_size": size, "seed": seed,
         "fill": fill, "random_trials": random_trials, "layers": list(result.layers), "parts": list(result.parts),
         "feature_sizes": result.feature_sizes, "normalisation": NORMALISATION, "changed": result.changed,
@@ -281,10 +280,10 @@ def _paper_beside(result: CorrespondenceResult) -> dict[str, dict[str, tuple[flo
             for row in PAPER_TABLE1 if row in result.scores}
 
 
-def _correspondence_figure(result: CorrespondenceResult, x: torch.Tensor, mean: torch.Tensor, path: Path,
+def _correspondence_figure(result: CorrespondenceResult, x: torch.Tensor, norm: Normalization, path: Path,
                            fill: float, model: str) -> Path:
     def shown(images: torch.Tensor) -> torch.Tensor:
-        return ((images + mean) / 255.0).clamp(0, 1)
+        return (norm.invert(images) / 255.0).clamp(0, 1)
 
     rows, panels = ["original"], [shown(x)]
     for p in result.parts:
@@ -404,12 +403,12 @@ def invariance_job(run: str | Path | LoadedRun, data: str | Path, out: str | Pat
         names.append(f"{loaded.class_names[label] if label < len(loaded.class_names) else label} "
                      f"{ds.samples[i][0].stem}")
         paths.append(ds.display_path(ds.samples[i][0]))
-    x = torch.stack(pixels).float() - loaded.mean  # (N, 3, S, S), zero = the mean image
+    x = loaded.normalize(torch.stack(pixels))  # (N, 3, S, S), zero = the mean
     y = torch.tensor(labels)
 
     all_curves: list[InvarianceCurves] = []
     strips, strip_steps = [], []
-    mean_crop = center_crop(loaded.mean, size)
+    norm = loaded.normalization.center_crop(size)
     for t in transforms:
         amounts = [float(a) for a in steps.get(t, default_steps(t, size))]
         curves = invariance(loaded.model, x, y, t, amounts, layers=layers, crop=size, batch_size=batch_size,
@@ -418,7 +417,7 @@ def invariance_job(run: str | Path | LoadedRun, data: str | Path, out: str | Pat
         k = min(5, len(amounts))
         shown = sorted({round(j * (len(amounts) - 1) / max(k - 1, 1)) for j in range(k)})
         strip_steps.append([amounts[j] for j in shown])
-        strips.append(torch.stack([((center_crop(transform_images(x, t, amounts[j]), size) + mean_crop) / 255.0)
+        strips.append(torch.stack([(norm.invert(center_crop(transform_images(x, t, amounts[j]), size)) / 255.0)
                                    .clamp(0, 1) for j in shown], dim=1))
 
     out = Path(out)
@@ -427,7 +426,8 @@ def invariance_job(run: str | Path | LoadedRun, data: str | Path, out: str | Pat
                           title=f"Invariance of {_name(loaded)}: vertical translation, scale, rotation (Fig. 5)")
     record: dict[str, Any] = {
         "kind": "invariance",
-        "run": str(loaded.root), "model": _name(loaded), "weights": weights, "data": str(data), "split": split,
+        "run": str(loaded.root), "model": _name(loaded), "weights": loaded.weights, "data": str(data),
+        "split": split,
         "input_size": size, "seed": seed, "layers": list(all_curves[0].distances), "distance": DISTANCE,
         "images": [{"path": p, "label": int(lab), "class": loaded.class_names[lab]
                     if lab < len(loaded.class_names) else str(lab)} for p, lab in zip(paths, labels)],

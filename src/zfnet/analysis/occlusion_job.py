@@ -23,6 +23,7 @@ from ..errors import ZFNetError
 from ..progress import progress
 from ..train.checkpoint import LoadedRun, load_run
 from ..visualize.deconvnet import Deconvnet
+from ..visualize.layers import default_layers, traced_deconvnet
 from ..visualize.occlusion_figure import draw_occlusion
 from .jobs import map_box, read_part_annotations
 from .occlusion import MODES, OcclusionResult, occlusion
@@ -84,7 +85,7 @@ def _input(loaded: LoadedRun, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except (OSError, ValueError, SyntaxError) as err:
         raise ZFNetError(f"cannot read image {path}: {err}") from None
     device = next(loaded.model.parameters()).device
-    x = center_crop(img[None].float() - loaded.mean, loaded.input_size)[0].to(device)
+    x = center_crop(loaded.normalize(img[None]), loaded.input_size)[0].to(device)
     return x, center_crop(img[None], loaded.input_size)[0]
 
 
@@ -218,21 +219,22 @@ def _spread(labels: Sequence[int], n: int | None) -> list[int]:
 def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Sequence[str | Path] = (),
                   data: str | Path | None = None, n_images: int = 6, split: str = "val",
                   target: str | int | None = None, window: int | None = None, stride: int | None = None,
-                  layer: str = "conv5", mode: str = "exact", cap: float = 0.5, tol: float = 0.05,
+                  layer: str | None = None, mode: str = "exact", cap: float = 0.5, tol: float = 0.05,
                   pointing: int | None = None,
                   batch_size: int = 64, weights: str = "best", seed: int = 0,
                   show_progress: bool = True) -> dict[str, Any]:
     """Occlusion panels (Fig. 7) for images of a run; writes PNGs and ``OUT/occlusion.json``.
 
     Args:
-        run: run directory (or a loaded run).
+        run: run directory (or a loaded run: a model zfnet did not train, say).
         out: output folder.
         images: image files; their folder name gives the true class when it is one of the run's.
         data: instead of ``images``: a data folder; one seeded image per class of ``split``, up to
             ``n_images``; its ``annotations.json`` (synthetic data) gives the object boxes.
         target: the class to map (name or index); default: the true class, else the predicted one.
         window, stride: the occluder; default :func:`default_window` of the input size.
-        layer: the layer of panels (b) and (c).
+        layer: the layer of panels (b) and (c); None: ``conv5``, or the deepest of another model's
+            convolutional stages (:func:`~zfnet.visualize.layers.default_layers`).
         mode: ``"exact"``, ``"approximate"`` (projective fields capped at ``cap``) or ``"coarse"``
             (coarse-to-fine with tolerance ``tol``); the approximate ones with their SSIM against exact.
         pointing: with ``data``: also play the pointing game on up to this many images of ``split``.
@@ -246,7 +248,9 @@ def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Seque
         raise ZFNetError("give image files or a data folder")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
     model = loaded.model.eval()
-    deconv = Deconvnet(model)
+    deconv = traced_deconvnet(model, loaded.input_size, name=str(loaded.metadata.get("model", loaded.root)))
+    if layer is None:
+        layer = "conv5" if "conv5" in deconv.layer_names else default_layers(model, loaded.input_size, deconv)[-1]
     if layer not in deconv.layer_names:
         raise ZFNetError(f"unknown layer {layer!r}; valid names: {', '.join(deconv.layer_names)}")
     dwin, dstride = default_window(loaded.input_size)

@@ -155,7 +155,7 @@ def run_probes(run, data: str | Path, out: str | Path, *, layout: str = "folders
     and finished fits in ``OUT/probes.partial.json``, so an interrupted run resumes.
 
     Args:
-        run: a run directory (or a :class:`~zfnet.train.LoadedRun`).
+        run: a run directory (or a :class:`~zfnet.train.LoadedRun`, such as a model zfnet did not train).
         data: the target data set (``caltech101``, ``caltech256`` or ``folders`` layout).
         out: output folder.
         layout: the data set's layout.
@@ -190,8 +190,8 @@ def run_probes(run, data: str | Path, out: str | Path, *, layout: str = "folders
     dataset = open_labelled_images(data, layout, loaded.base_size, include_background=include_background)
     stream = ImageStream(dataset, workers=workers, cache="auto", show_progress=show_progress)
     cache = Path(features_dir) if features_dir is not None else out / "features"
-    feats = extract_features(model, stream, loaded.mean, input_size=loaded.input_size, layers=layers, grid=grid,
-                             pool=pool, batch_size=batch_size, cache_dir=cache, show_progress=show_progress)
+    feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size, layers=layers,
+                             grid=grid, pool=pool, batch_size=batch_size, cache_dir=cache, show_progress=show_progress)
     t_features = time.perf_counter() - t0
     cap = test_cap if test_cap is not None else TEST_CAPS.get(layout)
     labels = np.asarray(dataset.targets, dtype=np.int64)

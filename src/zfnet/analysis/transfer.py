@@ -594,7 +594,7 @@ def run_transfer(run, data: str | Path, out: str | Path, *, layout: str = "folde
     interruption skips the work already done.
 
     Args:
-        run: a run directory (or a :class:`~zfnet.train.LoadedRun`).
+        run: a run directory (or a :class:`~zfnet.train.LoadedRun`, such as a model zfnet did not train).
         data: the target data set's folder.
         out: output folder.
         layout: ``caltech101``, ``caltech256``, ``voc2012`` or ``folders``.
@@ -603,7 +603,8 @@ def run_transfer(run, data: str | Path, out: str | Path, *, layout: str = "folde
         seed: seed of the splits and of the baselines' training.
         test_cap: test images per class at most (default: 50 for Caltech-101, 25 for Caltech-256, all
             the rest otherwise).
-        baseline: also train the architecture from scratch on each split.
+        baseline: also train the architecture from scratch on each split (zfnet runs only: a model
+            zfnet did not train has no recipe here, and skips it with a warning).
         untrained: also score a softmax on the features of the untrained architecture (cheap).
         recipe: the baseline's training.
         l2: the softmax's L2 penalty: None for ``1 / N`` (N training images), ``"cv"`` for 3-fold
@@ -633,6 +634,9 @@ def run_transfer(run, data: str | Path, out: str | Path, *, layout: str = "folde
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = _loaded_run(run)
+    if baseline and not loaded.is_run:
+        log.warning("%s was not trained by zfnet: no from-scratch baseline (its recipe is unknown)", loaded.root)
+        baseline = False
     device = torch.device(device)
     model = loaded.model.to(device)
     cache = Path(features_dir) if features_dir is not None else out / "features"
@@ -643,7 +647,7 @@ def run_transfer(run, data: str | Path, out: str | Path, *, layout: str = "folde
     dataset = open_labelled_images(data, layout, loaded.base_size, include_background=include_background)
     cap = test_cap if test_cap is not None else TEST_CAPS.get(layout)
     stream = ImageStream(dataset, workers=workers, cache="auto", show_progress=show_progress)
-    feats = extract_features(model, stream, loaded.mean, input_size=loaded.input_size, layers=(layer,),
+    feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size, layers=(layer,),
                              batch_size=batch_size, cache_dir=cache, show_progress=show_progress)
     t_features = time.perf_counter() - t0
     num_classes = len(dataset.classes)
@@ -655,11 +659,11 @@ def run_transfer(run, data: str | Path, out: str | Path, *, layout: str = "folde
     random_feats = None
     if untrained:
         torch.manual_seed(seed)
-        random_model = build(meta["model"], num_classes=len(loaded.classes), **meta.get("model_options", {}))
+        random_model = loaded.untrained()
         # Its own cache folder: the per-layer files of the pretrained network stay valid beside it.
-        random_feats = extract_features(random_model.to(device), stream, loaded.mean, input_size=loaded.input_size,
-                                        layers=(layer,), batch_size=batch_size, cache_dir=cache / "untrained",
-                                        show_progress=show_progress)
+        random_feats = extract_features(random_model.to(device), stream, loaded.normalization,
+                                        input_size=loaded.input_size, layers=(layer,), batch_size=batch_size,
+                                        cache_dir=cache / "untrained", show_progress=show_progress)
     pretrained: dict[str, list[float]] = {}
     scratch: dict[str, list[float]] = {}
     random_init: dict[str, list[float]] = {}
@@ -822,8 +826,9 @@ def _run_voc(loaded, model: nn.Module, data, out: Path, *, layer: str, l2, cache
     for name in ("train", "val"):
         voc = open_voc(data, name, loaded.base_size)
         stream = ImageStream(voc.images, workers=workers, cache="auto", show_progress=show_progress)
-        feats = extract_features(model, stream, loaded.mean, input_size=loaded.input_size, layers=(layer,),
-                                 batch_size=batch_size, cache_dir=cache / name, show_progress=show_progress)
+        feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size,
+                                 layers=(layer,), batch_size=batch_size, cache_dir=cache / name,
+                                 show_progress=show_progress)
         sets[name] = (voc, feats)
     (voc_tr, f_tr), (voc_va, f_va) = sets["train"], sets["val"]
     x_tr, y_tr = f_tr.layers[layer].to(device), voc_tr.targets[f_tr.indices].to(device)

@@ -6,11 +6,18 @@ The per-pixel mean image of the training set (computed once at base size, values
 training takes random input-size crops with horizontal flips, evaluation the centre crop or the ten
 crops (4 corners + centre, and their mirror images), averaging the softmax outputs.
 
+A :class:`Normalization` is how 0-255 pixels become a model's input, ``(pixels - mean) / std``: for
+a zfnet run the mean image and no division, for a model trained elsewhere a per-channel mean and
+standard deviation (ImageNet's, say). Every job preprocesses through one.
+
 Batches stay uint8 (B, 3, base, base) until the crop, so loaders move a quarter of the bytes.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +26,7 @@ from PIL import Image, ImageFile
 
 __all__ = [
     "base_size", "to_rgb", "load_image", "resize_center_crop", "pil_to_tensor",
-    "random_crops", "center_crop", "ten_crops", "normalize",
+    "random_crops", "center_crop", "ten_crops", "normalize", "Normalization",
 ]
 
 # A truncated file must fail, not be padded with grey: it is reported and skipped.
@@ -111,6 +118,98 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
 def normalize(batch: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) minus the mean image (3, S, S) -> float32 on the mean's device."""
     return batch.to(device=mean.device, dtype=torch.float32, non_blocking=True).sub_(mean)
+
+
+@dataclass(frozen=True, eq=False)  # tensors: compared by identity
+class Normalization:
+    """How 0-255 pixels become a model's input: ``(pixels - mean) / std``.
+
+    A zfnet run subtracts its training set's per-pixel mean image and divides by nothing (``std`` is
+    None), so its inputs are exactly the paper's; a model trained elsewhere usually takes a
+    per-channel mean and standard deviation on the 0-1 scale, as torchvision writes them
+    (:meth:`per_channel`). Zero input is the mean: what occluders and padding fill with.
+
+    Attributes:
+        mean: (3, S, S) mean image at the base size, or (3, 1, 1) per channel; 0-255 scale.
+        std: (3, 1, 1) per-channel divisor on the 0-255 scale, or None for no division.
+
+    Example:
+        >>> norm = Normalization.per_channel((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), size=4)
+        >>> x = norm(torch.full((1, 3, 4, 4), 255, dtype=torch.uint8))  # (1, 3, 4, 4) float32
+        >>> round(float(x[0, 0, 0, 0]), 4), round(float(norm.invert(x)[0, 0, 0, 0]), 2)
+        (2.2489, 255.0)
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+
+    @classmethod
+    def per_channel(cls, mean: Sequence[float], std: Sequence[float], *, size: int) -> Normalization:
+        """From per-channel ``mean`` and ``std`` on the 0-1 scale, with a (3, size, size) mean image.
+
+        Raises:
+            ValueError: not three finite numbers each, a mean outside [0, 1] or a std outside (0, 1].
+        """
+        m, s = _three(mean, "mean"), _three(std, "std")
+        if any(not 0.0 <= v <= 1.0 for v in m):
+            raise ValueError(f"the mean is on the 0-1 scale (as torchvision's), got {_show(m)}; "
+                             "divide 0-255 values by 255")
+        if any(not 0.0 < v <= 1.0 for v in s):
+            raise ValueError(f"the std is on the 0-1 scale and positive, got {_show(s)}; "
+                             "divide 0-255 values by 255")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        mean_image = (torch.tensor(m, dtype=torch.float32) * 255).view(3, 1, 1).expand(3, size, size).clone()
+        return cls(mean_image, torch.tensor(s, dtype=torch.float32).mul(255).view(3, 1, 1))
+
+    @property
+    def size(self) -> int:
+        """The side of the mean image (the base size for a per-pixel mean)."""
+        return int(self.mean.shape[-1])
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (..., 3, S, S), 0-255, any dtype -> float32 model input on the pixels' device."""
+        mean = self.mean.to(pixels.device, non_blocking=True)
+        x = pixels.float().sub_(mean) if pixels.dtype != torch.float32 else pixels - mean
+        if self.std is not None:
+            x = x.div_(self.std.to(pixels.device, non_blocking=True))
+        return x
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input back to 0-255 pixels (float, unclipped): the inverse of calling it."""
+        if self.std is not None:
+            x = x * self.std.to(x.device)
+        return x + self.mean.to(x.device)
+
+    def center_crop(self, size: int) -> Normalization:
+        """The same normalisation for centre crops of side ``size`` (the mean image cropped alike)."""
+        return Normalization(center_crop(self.mean, size), self.std)
+
+    def to(self, device: torch.device | str) -> Normalization:
+        """The same normalisation with its tensors on ``device``."""
+        return Normalization(self.mean.to(device), None if self.std is None else self.std.to(device))
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able description: ``{"mean": "image"}`` or per-channel ``mean`` and ``std`` on the 0-1 scale."""
+        if self.std is None:
+            return {"mean": "image", "std": None}
+        channel = self.mean.reshape(3, -1)[:, 0] / 255
+        return {"mean": [round(float(v), 6) for v in channel],
+                "std": [round(float(v), 6) for v in self.std.flatten() / 255]}
+
+
+def _three(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"the {name} takes three numbers (R, G, B), got {values!r}") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"the {name} takes three finite numbers (R, G, B), got {_show(out)}")
+    return out  # type: ignore[return-value]
+
+
+def _show(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def random_crops(batch: torch.Tensor, size: int, *, generator: torch.Generator | None = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._io import atomic_write
+from ..data.transforms import Normalization
 from ..errors import CheckpointError
 from ..models import build
 
 __all__ = [
     "save_state", "load_state", "save_weights", "load_weights", "load_model", "RunFiles",
-    "save_mean", "load_mean", "STATE_FORMAT", "LoadedRun", "load_run",
+    "save_mean", "load_mean", "STATE_FORMAT", "LoadedRun", "load_run", "read_torch_file",
 ]
 
 STATE_FORMAT = "zfnet-train-state-v1"
@@ -49,12 +51,12 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_state(path: str | Path, required: tuple[str, ...] = ("epoch", "model", "optimizer")) -> dict[str, Any]:
-    """Read a training state written by :func:`save_state`, safely.
+def read_torch_file(path: str | Path) -> Any:
+    """Read a ``torch.save`` file with ``weights_only=True``: tensors and plain containers, no code.
 
     Raises:
-        CheckpointError: missing, unreadable, crafted (holds objects other than tensors and plain
-            containers) or not a zfnet training state.
+        CheckpointError: missing, unreadable, or crafted (holds objects other than tensors and plain
+            containers; nothing in it runs).
     """
     path = Path(path)
     if not path.is_file():
@@ -62,7 +64,7 @@ def load_state(path: str | Path, required: tuple[str, ...] = ("epoch", "model", 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note about pickle protocols of foreign files
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -71,6 +73,17 @@ def load_state(path: str | Path, required: tuple[str, ...] = ("epoch", "model", 
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200] if str(err) else 'corrupt'})") from None
+
+
+def load_state(path: str | Path, required: tuple[str, ...] = ("epoch", "model", "optimizer")) -> dict[str, Any]:
+    """Read a training state written by :func:`save_state`, safely.
+
+    Raises:
+        CheckpointError: missing, unreadable, crafted (holds objects other than tensors and plain
+            containers) or not a zfnet training state.
+    """
+    path = Path(path)
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a zfnet training checkpoint")
     missing = [k for k in required if k not in state]
@@ -93,14 +106,25 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(err)[:200]})") from None
-    return tensors, meta
+    return tensors, {k: _json_or_text(v) for k, v in raw.items()}
+
+
+def _json_or_text(value: str) -> Any:
+    """zfnet writes its metadata as JSON; other writers' (``{"format": "pt"}``) stay text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a safetensors weights file: its tensors and its metadata."""
+    """Read a safetensors weights file: its tensors and its metadata (values JSON-decoded where they are JSON).
+
+    Raises:
+        CheckpointError: a missing or unreadable file.
+    """
     return _read_safetensors(Path(path))
 
 
@@ -201,7 +225,23 @@ class RunFiles:
 
 @dataclass
 class LoadedRun:
-    """A trained model with what it needs to preprocess images: mean image, classes, input size."""
+    """A trained model with what it needs to preprocess images: normalisation, classes, input size.
+
+    A zfnet run (:func:`load_run`) subtracts its training mean image; a model zfnet did not train
+    (:func:`zfnet.train.external.load_external`) carries a per-channel mean and ``std``. Jobs turn
+    0-255 pixels into the model's input with :meth:`normalize` only.
+
+    Attributes:
+        root: the run directory (for another model: its ``--model`` spec, as a path).
+        model: the network, in eval mode.
+        mean: (3, S, S) mean image at the base size S, 0-255.
+        classes: class folder names in output order; class_names: their readable names.
+        metadata: the weights file's metadata (``model``, ``model_options`` ...).
+        std: (3, 1, 1) per-channel divisor on the 0-255 scale; None (a zfnet run): no division.
+        input_size: the side of the model's input crop; None: the model's ``config.input_size``.
+        weights: which weights were loaded (``best``, ``last``, ``epoch-N`` or a file).
+        factory: for a model zfnet did not train, the function that builds it afresh.
+    """
 
     root: Path
     model: nn.Module
@@ -209,14 +249,41 @@ class LoadedRun:
     classes: list[str]
     class_names: list[str]
     metadata: dict[str, Any]
+    std: torch.Tensor | None = None
+    input_size: int | None = None
+    weights: str = "best"
+    factory: Callable[[], nn.Module] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size is None:
+            config = getattr(self.model, "config", None)
+            if config is not None and hasattr(config, "input_size"):
+                self.input_size = int(config.input_size)
 
     @property
-    def input_size(self) -> int:
-        return int(self.model.config.input_size)
+    def is_run(self) -> bool:
+        """True for a zfnet run (with its directory's snapshots and config), False for another model."""
+        return self.factory is None
 
     @property
     def base_size(self) -> int:
         return int(self.mean.shape[-1])
+
+    @property
+    def normalization(self) -> Normalization:
+        """The model's input normalisation at the base size."""
+        return Normalization(self.mean, self.std)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0-255 pixels at the base size (..., 3, S, S) -> the model's input, float32 (crop it after)."""
+        return self.normalization(pixels)
+
+    def untrained(self) -> nn.Module:
+        """The same architecture at its initialisation (random weights), in eval mode."""
+        if self.factory is not None:
+            return self.factory().eval()
+        meta = self.metadata
+        return build(meta["model"], num_classes=len(self.classes), **meta.get("model_options", {})).eval()
 
 
 def load_run(run: str | Path, weights: str = "best") -> LoadedRun:
@@ -250,4 +317,5 @@ def load_run(run: str | Path, weights: str = "best") -> LoadedRun:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{files.classes} is unreadable: {err}") from None
     mean = load_mean(files.mean)
-    return LoadedRun(root, model, mean, classes, names, meta)
+    which = weights_path.name if Path(run).is_file() else weights
+    return LoadedRun(root, model, mean, classes, names, meta, weights=which)

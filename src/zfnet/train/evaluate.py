@@ -14,17 +14,17 @@ from torch import nn
 
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream
-from ..data.transforms import center_crop, ten_crops
+from ..data.transforms import Normalization, center_crop, ten_crops
 from ..errors import ZFNetError
 from ..models._fast import prepare_for_speed
 from ..progress import progress
-from .checkpoint import load_run
+from .checkpoint import LoadedRun, load_run
 
 __all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "evaluate_runs"]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_size: int,
+def predict(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
             ten_crop: bool = False, batch_size: int = 64, indices=None, channels_last: bool = False,
             show_progress: bool = True, desc: str = "evaluating") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax outputs of ``model`` over (part of) a data set.
@@ -32,7 +32,8 @@ def predict(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_
     Args:
         model: the network (its device is used).
         stream: the images (uint8 at base size).
-        mean: the training mean image (3, S, S).
+        normalization: how pixels become the model's input (for a zfnet run: minus the training mean
+            image (3, S, S)).
         input_size: crop side.
         ten_crop: average the softmax of the ten crops instead of using the centre crop.
         batch_size: images per forward pass (ten crops make it 10x larger).
@@ -44,14 +45,14 @@ def predict(model: nn.Module, stream: ImageStream, mean: torch.Tensor, *, input_
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    mean = mean.to(device)
+    normalize = normalization.to(device)
     order = range(len(stream)) if indices is None else indices
     probs, labels, kept = [], [], []
     bar = progress(total=len(order), desc=desc, unit="img", enabled=show_progress)
     try:
         with bar:
             for batch in stream.batches(order, batch_size):
-                x = batch.images.to(device, non_blocking=True).float().sub_(mean)
+                x = normalize(batch.images.to(device, non_blocking=True))
                 if ten_crop:
                     crops = ten_crops(x, input_size)                      # (B, 10, 3, s, s)
                     b = crops.shape[0]
@@ -115,14 +116,15 @@ class EvalReport:
     bad_files: int
 
 
-def evaluate_runs(runs: list[str | Path], data: str | Path, *, split: str = "val", ten_crop: bool = False,
+def evaluate_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split: str = "val", ten_crop: bool = False,
                   weights: str = "best", layout: str = "auto", workers: int | None = None,
                   batch_size: int = 64, device: str | torch.device = "cpu",
                   show_progress: bool = True) -> EvalReport:
     """Top-1 and top-5 error of each run, and of the average of their softmax outputs.
 
     Runs may differ in architecture and input size (the paper's "(a) & (b) combined"); they must
-    share the class list.
+    share the class list. A run is a run directory (its ``weights`` loaded) or a loaded run, such as
+    a model zfnet did not train (:func:`zfnet.train.external.load_external`).
 
     Raises:
         ZFNetError: unknown runs, mismatched class lists, no readable images.
@@ -130,7 +132,7 @@ def evaluate_runs(runs: list[str | Path], data: str | Path, *, split: str = "val
     if not runs:
         raise ZFNetError("no run to evaluate")
     device = torch.device(device)
-    loaded = [load_run(r, weights) for r in runs]
+    loaded = [r if isinstance(r, LoadedRun) else load_run(r, weights) for r in runs]
     classes = loaded[0].classes
     for run in loaded[1:]:
         if run.classes != classes:
@@ -148,7 +150,7 @@ def evaluate_runs(runs: list[str | Path], data: str | Path, *, split: str = "val
             stream = ImageStream(ds, workers=workers, cache="none", show_progress=show_progress)
             streams[run.base_size] = stream
         model = prepare_for_speed(run.model.to(device), train=False)
-        probs, labels, idx = predict(model, stream, run.mean, input_size=run.input_size, ten_crop=ten_crop,
+        probs, labels, idx = predict(model, stream, run.normalization, input_size=run.input_size, ten_crop=ten_crop,
                                      batch_size=batch_size, show_progress=show_progress, channels_last=True,
                                      desc=f"evaluating {run.root.name}")
         if len(labels) == 0:

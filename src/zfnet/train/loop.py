@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from .._io import atomic_write_json, atomic_write_text
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream, mean_image
-from ..data.transforms import base_size, random_crops
+from ..data.transforms import Normalization, base_size, random_crops
 from ..errors import TrainingDiverged, ZFNetError
 from ..models import build, model_info, renormalize_filters_
 from ..models._fast import prepare_for_speed
@@ -268,7 +268,7 @@ def _validate(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_s
               ctx: distributed.DistContext, channels_last: bool, show: bool) -> tuple[float, float]:
     """Centre-crop top-1 and top-5 error over the validation set, sharded over the processes."""
     shard = list(range(ctx.rank, len(stream), ctx.world_size))
-    probs, labels, _ = predict(model, stream, mean, input_size=input_size, indices=shard,
+    probs, labels, _ = predict(model, stream, Normalization(mean), input_size=input_size, indices=shard,
                                channels_last=channels_last, show_progress=show, desc="validating")
     counts = torch.zeros(3, dtype=torch.float64)
     if len(labels):

@@ -18,6 +18,7 @@ layer-2 features, with the fraction of dead layer-1 filters and their aliasing (
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,13 @@ from .figures import (
     save_image,
     tile,
 )
+from .layers import PAPER_LAYERS, default_layers, traced_deconvnet
 from .receptive_field import receptive_fields
 from .topk import TopK, project_top_activations, top_activations
 
 __all__ = ["visualize_run", "compare_architectures", "DEFAULT_LAYERS"]
 
-DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+DEFAULT_LAYERS = PAPER_LAYERS
 
 
 class _Images:
@@ -70,7 +72,7 @@ class _Images:
                 indices = sorted(torch.randperm(len(ds), generator=g)[:max_images].tolist())
         self.requested = indices
         self.order: list[int] = []  # data set index of each image in iteration order
-        self.mean, self.size, self.batch_size = run.mean, run.input_size, batch_size
+        self.normalize, self.size, self.batch_size = run.normalization, run.input_size, batch_size
         self.dataset_size = len(ds)
         self.dataset = ds
 
@@ -79,8 +81,8 @@ class _Images:
         return self.dataset.class_names[self.dataset.samples[dataset_index][1]]
 
     def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> model input: mean subtracted, centre crop."""
-        return center_crop(pixels.float() - self.mean, self.size)
+        """uint8 (B, 3, S, S) -> model input: normalised, centre crop."""
+        return center_crop(self.normalize(pixels), self.size)
 
     def pass_once(self, show_progress: bool) -> Iterator[torch.Tensor]:
         """Model inputs of every image, recording their data set indices."""
@@ -133,11 +135,11 @@ def _shown_maps(n_maps: int, maps: int | Sequence[int] | None, seed: int, layer:
     return chosen
 
 
-def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+def _check_layers(deconv: Deconvnet, layers: Sequence[str]) -> list[str]:
     if isinstance(layers, str):
         layers = [layers]
     layers = list(dict.fromkeys(layers))
-    valid = Deconvnet(model).layer_names
+    valid = deconv.layer_names
     if not layers:
         raise ValueError(f"layers is empty; valid layers: {', '.join(valid)}")
     for name in layers:
@@ -189,7 +191,7 @@ def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs
     return torch.cat(all_proj), torch.cat(all_patches)
 
 
-def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = DEFAULT_LAYERS, k: int = 9,
+def visualize_run(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequence[str] | None = None, k: int = 9,
                   maps: int | Sequence[int] | None = None, split: str = "val", out: str | Path,
                   weights: str = "best", seed: int = 0, max_images: int | None = None,
                   evolution_maps: int = 8, evolution_images: int = 256, batch_size: int = 32,
@@ -197,15 +199,17 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
     """Write Fig. 2 per layer, the layer-1 filters, Fig. 4 per layer and ``index.json`` for a run.
 
     Args:
-        run: the run directory.
+        run: the run directory, or a loaded run (a model zfnet did not train, say).
         data: the data set's folder (``train/``, ``val/`` inside).
-        layers: the layers to visualise (names of :attr:`Deconvnet.layer_names`).
+        layers: the layers to visualise (names of :attr:`Deconvnet.layer_names`); None: ``conv1`` ...
+            ``conv5``, or for another model its convolutional stages
+            (:func:`~zfnet.visualize.layers.default_layers`).
         k: top activations per feature map.
         maps: the feature maps shown per layer: all (None), a seeded random subset of this many (int), or
             these (a sequence of ints).
         split: the data split to search.
         out: the folder to write into (created).
-        weights: ``best``, ``last`` or ``epoch-N``.
+        weights: ``best``, ``last`` or ``epoch-N`` (a run directory's).
         seed: seeds the choice of maps and images.
         max_images: search a seeded random subset of this many images (default all).
         evolution_maps: Fig. 4 shows the first this many shown maps of each layer.
@@ -221,32 +225,33 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
     Raises:
         ValueError: an unknown layer (listing the valid ones), bad ``k``, ``maps`` or ``max_images``.
         CheckpointError: an unreadable run.
+        ZFNetError: a model the deconvnet cannot trace.
 
     Example:
         >>> visualize_run("runs/zfnet", "data/synth", out="runs/zfnet/figures", maps=16)  # doctest: +SKIP
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    loaded = load_run(run, weights)
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
     model = loaded.model.eval()
-    layers = _check_layers(model, layers)
+    deconv = traced_deconvnet(model, loaded.input_size, name=_model_name(loaded))
+    layers = _check_layers(deconv, default_layers(model, loaded.input_size, deconv) if layers is None else layers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
                      show_progress=show_progress)
     top = top_activations(model, images.pass_once(show_progress), layers, k=k)
     n = len(images.order)
-    deconv = Deconvnet(model)
 
     shown = {layer: _shown_maps(top[layer].values.shape[0], maps, seed, layer) for layer in layers}
     inputs = _inputs_of(images, [top[layer] for layer in layers], [shown[layer] for layer in layers])
 
-    index: dict[str, Any] = {"run": str(loaded.root), "weights": weights, "split": split, "images": n,
+    index: dict[str, Any] = {"run": str(loaded.root), "weights": loaded.weights, "split": split, "images": n,
                              "k": k, "layers": {}, "figures": {}}
     for layer in progress(layers, desc="projections", unit="it", enabled=show_progress):
         t, chosen = top[layer], shown[layer]
         projections, patches = _projections_in_window(deconv, t, images, inputs, chosen)
-        png = draw_top_projections(projections, patches, chosen, out / f"top{k}-{layer}.png", layer=layer)
+        png = draw_top_projections(projections, patches, chosen, out / f"top{k}-{_stem(layer)}.png", layer=layer)
         index["figures"][f"top{k}-{layer}"] = png.name
         entries = {}
         for i, c in enumerate(chosen):
@@ -254,14 +259,15 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
             ids = [images.order[j] for j in t.image_index[c][valid].tolist()]
             # Per map, the two grids of the layer figure as images of their own (the report's map pages).
             proj_tile, patch_tile = map_tiles(projections[i], patches[i])
+            tile = out / "maps" / f"{_stem(layer)}-{c}"
             entries[str(c)] = {
                 "image_ids": ids,
                 "positions": t.position[c][valid].tolist(),
                 "values": t.values[c][valid].tolist(),
                 "labels": [images.label_name(j) for j in ids],
                 "png": png.name,
-                "projections_png": _rel(save_image(proj_tile, out / "maps" / f"{layer}-{c}-projections.png"), out),
-                "patches_png": _rel(save_image(patch_tile, out / "maps" / f"{layer}-{c}-patches.png"), out),
+                "projections_png": _rel(save_image(proj_tile, tile.with_name(tile.name + "-projections.png")), out),
+                "patches_png": _rel(save_image(patch_tile, tile.with_name(tile.name + "-patches.png")), out),
             }
         index["layers"][layer] = entries
 
@@ -269,7 +275,7 @@ def visualize_run(run: str | Path, data: str | Path, *, layers: Sequence[str] = 
     index["figures"]["filters-conv1"] = draw_filters(conv1.weight, out / "filters-conv1.png",
                                                      title=f"{_model_name(loaded)} layer-1 filters").name
 
-    epochs = RunFiles(loaded.root).list_snapshots()
+    epochs = RunFiles(loaded.root).list_snapshots() if loaded.is_run else []
     if epochs:
         figures, strips = _evolution(loaded, images, layers, shown, epochs, out, evolution_maps=evolution_maps,
                                      evolution_images=evolution_images, seed=seed, show_progress=show_progress)
@@ -315,13 +321,18 @@ def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dic
     strips: dict[str, dict[int, str]] = {}
     for layer in layers:
         stacked = torch.stack(per_layer[layer], dim=1)  # (M, E, 3, H, W)
-        png = draw_evolution(stacked, epochs, maps[layer], out / f"evolution-{layer}.png", layer=layer)
+        png = draw_evolution(stacked, epochs, maps[layer], out / f"evolution-{_stem(layer)}.png", layer=layer)
         figures[f"evolution-{layer}"] = png.name
         strips[layer] = {}
         for i, c in enumerate(maps[layer]):
             strip = tile(normalize_projection(stacked[i]), len(epochs), max(1, stacked.shape[-1] // 16))
-            strips[layer][c] = _rel(save_image(strip, out / "maps" / f"{layer}-{c}-evolution.png"), out)
+            strips[layer][c] = _rel(save_image(strip, out / "maps" / f"{_stem(layer)}-{c}-evolution.png"), out)
     return figures, strips
+
+
+def _stem(layer: str) -> str:
+    """A layer name as part of a file name that is also a plain URL: ``layer1.0.relu#2`` -> ``layer1.0.relu-call2``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", layer.replace("#", "-call"))
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -335,14 +346,15 @@ def _run_data(run: LoadedRun) -> str:
         raise ValueError(f"no data given and {run.root}/config.json names none ({err})") from None
 
 
-def compare_architectures(run_a: str | Path, run_b: str | Path, out: str | Path, *, data: str | Path | None = None,
+def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | LoadedRun, out: str | Path, *,
+                          data: str | Path | None = None,
                           split: str = "val", weights: str = "best", layer2: str = "conv2", maps: int = 16,
                           max_images: int | None = 512, seed: int = 0, batch_size: int = 32,
                           show_progress: bool = True) -> dict[str, Any]:
     """Fig. 6: layer-1 filters and layer-2 features of two runs, with dead-filter fraction and aliasing.
 
     Args:
-        run_a, run_b: run directories (e.g. an AlexNet and a ZFNet run).
+        run_a, run_b: run directories or loaded runs (e.g. an AlexNet and a ZFNet run).
         out: the folder to write ``architectures.png`` and ``architectures.json`` into.
         data: the data set's folder; default the one each run was trained on (its ``config.json``).
         split: the split searched for the layer-2 features.
@@ -361,15 +373,15 @@ def compare_architectures(run_a: str | Path, run_b: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     panels, rows = [], []
     for run in (run_a, run_b):
-        loaded = load_run(run, weights)
+        loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
         model = loaded.model.eval()
-        _check_layers(model, [layer2])
+        deconv = traced_deconvnet(model, loaded.input_size, name=_model_name(loaded))
+        _check_layers(deconv, [layer2])
         images = _Images(loaded, data if data is not None else _run_data(loaded), split, max_images=max_images,
                          seed=seed, batch_size=batch_size, show_progress=show_progress)
         top = top_activations(model, images.pass_once(show_progress), layer2, k=1)[layer2]
         chosen = _shown_maps(top.values.shape[0], maps, seed, layer2)
         inputs = _inputs_of(images, [top], [chosen])
-        deconv = Deconvnet(model)
         proj = project_top_activations(deconv, top, inputs.__getitem__, channels=chosen).projections[:, 0]
         # Cut each projection to its activation's receptive field, as Fig. 2 and Fig. 6 show them.
         rf = receptive_fields(deconv, (images.size, images.size), in_channels=3)[layer2]
