@@ -15,6 +15,12 @@ __all__ = ["training_curves_png"]
 _COLOURS = ("#1f5fa8", "#c2410c", "#15803d", "#7c3aed", "#be123c", "#0f766e", "#a16207", "#475569")
 
 
+def _finite(value: object, scale: float = 1.0) -> bool:
+    """A number to plot: not true or false, and finite and below 1e12 when scaled (no error rate or learning
+    rate is larger; 1e308 would overflow the axes' arithmetic)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(scale * value) < 1e12
+
+
 def _text(label: str) -> str:
     return label.replace("$", r"\$")  # a run named "a$b$" must not turn into mathtext
 
@@ -37,11 +43,11 @@ def training_curves_png(runs: Sequence[Run], dpi: int = 110) -> bytes | None:
         epochs = [m["epoch"] for m in rows]
         for key, style, what in (("val_top1_error", "-", "val top-1"), ("train_top1_error", "--", "train top-1"),
                                  ("val_top5_error", ":", "val top-5")):
-            points = [(e, 100 * m[key]) for e, m in zip(epochs, rows) if isinstance(m.get(key), (int, float))]
+            points = [(e, 100 * m[key]) for e, m in zip(epochs, rows) if _finite(m.get(key), 100)]
             if points:
                 err_ax.plot(*zip(*points), style, color=colour, lw=1.6 if style == "-" else 1.1,
                             label=_text(f"{run.label} {what}"))
-        points = [(e, m["lr"]) for e, m in zip(epochs, rows) if isinstance(m.get("lr"), (int, float)) and m["lr"] > 0]
+        points = [(e, m["lr"]) for e, m in zip(epochs, rows) if _finite(m.get("lr")) and m["lr"] > 0]
         if points:
             lr_ax.step(*zip(*points), where="post", color=colour, lw=1.4, label=_text(run.label))
     err_ax.set(xlabel="epoch", ylabel="error (%)", title="Top-1 and top-5 error")

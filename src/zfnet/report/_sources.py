@@ -12,11 +12,15 @@ what it finds into a :class:`Sources`:
   "figures", "tables"}``, which the report renders without knowing the analysis.
 
 Data sets (folders with ``train/`` and ``val/``), weight snapshots and hidden folders are not entered.
+
+Every file is read through :mod:`zfnet.report._inputs` (inside the folder it was found in, symbolic links
+resolved; a size cap; non-finite numbers made ``None``), and every result remembers that folder as its
+``source``, so the figures it names are held to the same folder. Values of the wrong type are left out
+here, each with a warning naming the file and the key, so the pages never meet them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ZFNetError
+from ._inputs import MAX_JSON_BYTES, Notes, Refused, inside, parse_json, printable, read_input, read_json
 
 __all__ = ["Run", "Visualization", "Evaluation", "Analysis", "Sources", "discover", "ANALYSIS_ORDER"]
 
@@ -32,6 +37,18 @@ log = logging.getLogger("zfnet")
 ANALYSIS_ORDER = ("occlusion", "invariance", "correspondence", "architectures", "ablation", "ensemble",
                   "transfer", "probes")
 """The order of the analysis pages; kinds not listed follow, alphabetically."""
+
+# How much of one file is shown. A results file may hold far more than any of zfnet's (a 64 MiB JSON of empty
+# rows, each padded to the widest); beyond these the rest is left out, with a warning, so that the pages stay
+# in proportion to what a person can read.
+MAX_LAYERS = 100       # layers of one visualize index
+MAX_MAPS = 2048        # feature maps of one layer (the widest zoo conv layers have 2048)
+MAX_TOP = 1000         # top activations listed per map (k is 9 in the paper)
+MAX_FIGURES = 500      # figures of one analysis
+MAX_TABLES = 50        # tables of one analysis
+MAX_ROWS = 5000        # rows of one table (and models of one evaluation)
+MAX_COLUMNS = 100      # columns of one table
+MAX_EPOCHS = 100_000   # lines of one metrics.jsonl
 
 _MAX_DEPTH = 4  # a demo folder holds results at most three levels down (demo/analysis/occlusion/x.json)
 _MAX_FOLDERS = 5000  # a walk that reaches this many folders was given the wrong folder (a home, a disk)
@@ -49,6 +66,7 @@ class Run:
     class_names: list[str]
     metrics: list[dict[str, Any]]
     snapshots: list[int]
+    source: Path  # the results folder it was found in: nothing outside it is read
 
     @property
     def model(self) -> str:
@@ -61,17 +79,16 @@ class Visualization:
 
     root: Path
     label: str
-    index: dict[str, Any]
+    index: dict[str, Any]  # checked by :func:`_visualization`: its layers, figures and per-map lists typed
+    source: Path
 
     @property
-    def layers(self) -> dict[str, dict[str, Any]]:
-        layers = self.index.get("layers")
-        return layers if isinstance(layers, dict) else {}
+    def layers(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.index["layers"]
 
     @property
     def figures(self) -> dict[str, str]:
-        figures = self.index.get("figures")
-        return figures if isinstance(figures, dict) else {}
+        return self.index["figures"]
 
 
 @dataclass
@@ -80,7 +97,8 @@ class Evaluation:
 
     path: Path
     results: list[dict[str, Any]]
-    ten_crop: bool | None = None
+    ten_crop: bool | None
+    source: Path
 
 
 @dataclass
@@ -96,6 +114,7 @@ class Analysis:
     summary: str
     figures: list[dict[str, Any]]
     tables: list[dict[str, Any]]
+    source: Path
 
     @property
     def root(self) -> Path:
@@ -121,31 +140,44 @@ class Sources:
         return known + sorted(kinds - set(ANALYSIS_ORDER))
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, source: Path) -> Any:
+    """A found JSON file's content, or None (with a warning) when it may not or cannot be read."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        log.warning("skipping %s: not readable JSON (%s)", path, err)
+        return read_json(path, source)
+    except Refused as err:
+        log.warning("report: skipped: %s", err)
         return None
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
+_METRIC_NUMBERS = ("epoch", "train_loss", "train_top1_error", "val_top1_error", "val_top5_error", "lr", "seconds")
+
+
+def _read_metrics(path: Path, source: Path) -> list[dict[str, Any]]:
+    notes = Notes(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        log.warning("skipping %s: %s", path, err)
+        text = read_input(path, source, limit=MAX_JSON_BYTES).decode("utf-8")
+    except (Refused, UnicodeDecodeError) as err:
+        log.warning("report: skipped: %s", err if isinstance(err, Refused) else printable(f"{path} is not UTF-8"))
         return []
-    for number, line in enumerate(lines, 1):
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        if len(rows) == MAX_EPOCHS:
+            notes.add(f"lines after line {number - 1}, beyond {MAX_EPOCHS} epochs")
+            break
         try:
-            row = json.loads(line)
-        except ValueError:
-            log.warning("%s line %d is not JSON; skipped", path, number)
+            row = parse_json(line, str(path), notes, at=f"line {number} ")
+        except Refused:
+            notes.add(f"line {number} (not JSON)")
             continue
-        if isinstance(row, dict):
-            rows.append(row)
+        if not isinstance(row, dict):
+            continue
+        for key in _METRIC_NUMBERS:
+            if key in row:
+                row[key] = _typed(row, key, int if key == "epoch" else (int, float), notes, at=f"line {number} ")
+        rows.append(row)
+    notes.warn()
     return rows
 
 
@@ -157,39 +189,118 @@ def _is_run(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "classes.json").is_file()
 
 
-def _read_run(folder: Path) -> Run | None:
-    config = _read_json(folder / "config.json")
-    classes = _read_json(folder / "classes.json")
+def _read_run(folder: Path, source: Path) -> Run | None:
+    config = _read_json(folder / "config.json", source)
+    classes = _read_json(folder / "classes.json", source)
     if not isinstance(config, dict) or not isinstance(classes, dict) or not isinstance(classes.get("classes"), list):
-        log.warning("skipping %s: its config.json or classes.json is not a run's", folder)
+        log.warning("report: skipping %s: its config.json or classes.json is not a run's", printable(folder))
         return None
-    names = classes.get("names", classes["classes"])
-    snapshots = sorted(int(p.stem[6:]) for p in (folder / "snapshots").glob("epoch-*.safetensors")
-                       if p.stem[6:].isdigit())
-    metrics = _read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
-    return Run(folder, folder.name, config, [str(c) for c in classes["classes"]], [str(c) for c in names],
-               metrics, snapshots)
+    notes = Notes(folder / "config.json")
+    config = {**config, "model_options": _typed(config, "model_options", dict, notes, {}),
+              "epochs": _typed(config, "epochs", int, notes)}
+    notes.warn()
+    notes = Notes(folder / "classes.json")
+    ids = [str(c) for c in classes["classes"]]
+    names = _typed(classes, "names", list, notes)
+    if names is not None and len(names) != len(ids):
+        notes.add(f"names has {len(names)} entries for {len(ids)} classes")
+        names = None
+    notes.warn()
+    snapshots_dir = folder / "snapshots"
+    snapshots = sorted(int(p.stem[6:]) for p in snapshots_dir.glob("epoch-*.safetensors")
+                       if p.stem[6:].isascii() and p.stem[6:].isdigit() and len(p.stem) < 16) \
+        if snapshots_dir.is_dir() and inside(snapshots_dir.resolve(), source) else []
+    metrics = _read_metrics(folder / "metrics.jsonl", source) if (folder / "metrics.jsonl").is_file() else []
+    return Run(folder, folder.name, config, ids, [str(n) for n in names] if names is not None else ids, metrics,
+               snapshots, source)
+
+
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], notes: Notes, default: Any = None, *,
+           at: str = "") -> Any:
+    """``data[key]`` if it is of ``kind`` (true and false are not numbers), else ``default``, noting a wrong type.
+
+    A missing key or ``null`` is ``default`` without a note.
+    """
+    value = data.get(key)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    wanted = " or ".join(dict.fromkeys(_JSON_TYPES[k] for k in kinds))
+    notes.add(f"{at}{key} is {_type_name(value)}, not {wanted}")
+    return default
+
+
+def _capped(items: list[Any], limit: int, notes: Notes, what: str) -> list[Any]:
+    """The first ``limit`` items, noting how many more there were."""
+    if len(items) > limit:
+        notes.add(f"{len(items) - limit} {what} beyond the first {limit}")
+        return items[:limit]
+    return items
 
 
 def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
 
-def _analysis(path: Path, data: dict[str, Any]) -> Analysis | None:
+_FIGURE_TEXT = ("path", "figure", "caption", "image")
+
+
+def _analysis(path: Path, data: dict[str, Any], source: Path) -> Analysis | None:
     block = data["report"]
-    figures = [f for f in block.get("figures", []) or [] if isinstance(f, dict)]
-    tables = [t for t in block.get("tables", []) or [] if isinstance(t, dict)]
     kind = _str(data.get("kind")).strip()
     if not kind:
-        log.warning("skipping %s: its kind is empty", path)
+        log.warning("report: skipping %s: its kind is empty", printable(path))
         return None
-    return Analysis(path, kind, _str(block.get("title"), kind.capitalize()), _str(block.get("summary")),
-                    figures, tables)
+    notes = Notes(path)
+    figures = []
+    for i, f in enumerate(_capped(_typed(block, "figures", list, notes, [], at="report."), MAX_FIGURES, notes,
+                                  "report.figures")):
+        if not isinstance(f, dict):
+            notes.add(f"report.figures[{i}] is {_type_name(f)}, not an object")
+            continue
+        figure = {key: _typed(f, key, str, notes, at=f"report.figures[{i}].") for key in _FIGURE_TEXT}
+        figure["label"] = _typed(f, "label", (str, int, float), notes, at=f"report.figures[{i}].")
+        figures.append(figure)
+    tables = []
+    for i, t in enumerate(_capped(_typed(block, "tables", list, notes, [], at="report."), MAX_TABLES, notes,
+                                  "report.tables")):
+        if not isinstance(t, dict):
+            notes.add(f"report.tables[{i}] is {_type_name(t)}, not an object")
+            continue
+        at = f"report.tables[{i}]."
+        tables.append(_bounded_table(_typed(t, "caption", (str, int, float), notes, "", at=at),
+                                     _typed(t, "columns", list, notes, [], at=at),
+                                     _typed(t, "rows", list, notes, [], at=at), notes, at))
+    title = _typed(block, "title", str, notes, kind.capitalize(), at="report.")
+    summary = _typed(block, "summary", str, notes, "", at="report.")
+    notes.warn()
+    return Analysis(path, kind, title, summary, figures, tables, source)
 
 
-def _architectures(path: Path, data: dict[str, Any]) -> Analysis:
+def _bounded_table(caption: Any, columns: list[Any], rows: list[Any], notes: Notes, at: str) -> dict[str, Any]:
+    """A table of at most :data:`MAX_ROWS` rows and :data:`MAX_COLUMNS` columns."""
+    rows = _capped(rows, MAX_ROWS, notes, f"{at}rows")
+    clipped = sum(isinstance(r, list) and len(r) > MAX_COLUMNS for r in rows)
+    if clipped or len(columns) > MAX_COLUMNS:
+        notes.add(f"{at}columns beyond the first {MAX_COLUMNS}")
+    return {"caption": caption, "columns": columns[:MAX_COLUMNS],
+            "rows": [r[:MAX_COLUMNS] if isinstance(r, list) else r for r in rows]}
+
+
+def _architectures(path: Path, data: dict[str, Any], source: Path) -> Analysis:
     """``architectures.json`` of ``zfnet visualize --compare`` as a generic analysis."""
-    runs = [r for r in data.get("runs", []) if isinstance(r, dict)]
+    notes = Notes(path)
+    runs = _capped([r for r in data["runs"] if isinstance(r, dict)], MAX_ROWS, notes, "runs")
     definitions = data.get("definitions", {}) if isinstance(data.get("definitions"), dict) else {}
     names = " vs ".join(str(r.get("model", "?")) for r in runs) or "two runs"
     def stride(r: dict[str, Any]) -> str | None:
@@ -202,11 +313,13 @@ def _architectures(path: Path, data: dict[str, Any]) -> Analysis:
                "columns": ["model", "conv1 stride", "dead filters (fraction)", "aliasing", "run"], "rows": rows}]
     if definitions:
         tables.append({"caption": "How the two numbers are measured.", "columns": ["quantity", "definition"],
-                       "rows": [[k, str(v)] for k, v in definitions.items()]})
+                       "rows": [[k, str(v)] for k, v in list(definitions.items())[:MAX_ROWS]]})
     figures = []
-    if isinstance(data.get("png"), str):
+    png = _typed(data, "png", str, notes)
+    notes.warn()
+    if png:
         layer2 = _str(data.get("layer2"), "layer-2")
-        figures.append({"path": data["png"],
+        figures.append({"path": png,
                         "caption": f"{names}: each model's layer-1 filters beside the strongest {layer2} "
                                    "projections, as in the paper's Fig. 6."})
     return Analysis(
@@ -214,40 +327,92 @@ def _architectures(path: Path, data: dict[str, Any]) -> Analysis:
         "The paper's Fig. 6 compares AlexNet's first two layers with ZFNet's: large 11x11 stride-4 filters leave "
         "many layer-1 filters dead and alias the layer-2 features. Smaller 7x7 stride-2 filters should show fewer "
         "dead filters and less high-frequency energy.",
-        figures, tables)
+        figures, tables, source)
 
 
-def _classify_json(path: Path, found: Sources) -> bool:
-    """Read one JSON file into ``found`` if it is an analysis, an evaluation or a visualize index."""
-    data = _read_json(path)
+_MAP_LISTS = ("image_ids", "positions", "values", "labels", "classes")
+_MAP_FILES = ("png", "projections_png", "patches_png", "evolution_png")
+
+
+def _visualization(path: Path, data: dict[str, Any], source: Path) -> Visualization:
+    """A visualize ``index.json`` with every value the pages use of the type they expect."""
+    notes = Notes(path)
+    layers: dict[str, dict[str, dict[str, Any]]] = {}
+    for layer, maps in _capped(list(data["layers"].items()), MAX_LAYERS, notes, "layers"):
+        if not isinstance(maps, dict):
+            notes.add(f"layers.{layer} is {_type_name(maps)}, not an object")
+            continue
+        entries = {}
+        for key, entry in _capped(list(maps.items()), MAX_MAPS, notes, f"maps of layers.{layer}"):
+            at = f"layers.{layer}.{key}."
+            if not isinstance(entry, dict):
+                notes.add(f"{at[:-1]} is {_type_name(entry)}, not an object")
+                entry = {}
+            lists = {k: _typed(entry, k, list, notes, at=at) for k in _MAP_LISTS}
+            entries[key] = {**entry, **{k: v if v is None else _capped(v, MAX_TOP, notes, f"{at}{k}")
+                                        for k, v in lists.items()},
+                            **{k: _typed(entry, k, str, notes, at=at) for k in _MAP_FILES}}
+        layers[layer] = entries
+    figures = {}
+    for name, rel in _typed(data, "figures", dict, notes, {}).items():
+        if isinstance(rel, str):
+            figures[name] = rel
+        else:
+            notes.add(f"figures.{name} is {_type_name(rel)}, not a string")
+    snapshots = [s for s in _typed(data, "snapshots", list, notes, []) if isinstance(s, int)]
+    index = {**data, "layers": layers, "figures": figures, "snapshots": snapshots,
+             "k": _typed(data, "k", int, notes, 9), "images": _typed(data, "images", int, notes),
+             "split": _typed(data, "split", str, notes), "weights": _typed(data, "weights", (str, int), notes)}
+    run = _typed(data, "run", str, notes)
+    notes.warn()
+    return Visualization(path.parent, Path(run or path.parent.name).name or path.parent.name, index, source)
+
+
+_EVALUATION_NUMBERS = ("top1_error", "top5_error", "ten_crop_top1_error", "ten_crop_top5_error")
+
+
+def _evaluation(path: Path, data: dict[str, Any], source: Path) -> Evaluation:
+    notes = Notes(path)
+    results = []
+    for i, r in enumerate(_capped(data["results"], MAX_ROWS, notes, "results")):
+        results.append({**r, **{k: _typed(r, k, (int, float), notes, at=f"results[{i}].")
+                                for k in _EVALUATION_NUMBERS if k in r}})
+    ten = _typed(data, "ten_crop", bool, notes)
+    notes.warn()
+    return Evaluation(path, results, ten, source)
+
+
+def _classify_json(path: Path, found: Sources, source: Path, *, strict: bool = False) -> bool:
+    """Read one JSON file into ``found`` if it is an analysis, an evaluation or a visualize index.
+
+    With ``strict`` (a file named as a source) a file that may not be read raises :class:`Refused`.
+    """
+    data = read_json(path, source) if strict else _read_json(path, source)
     if not isinstance(data, dict):
         return False
     if isinstance(data.get("kind"), str) and isinstance(data.get("report"), dict):
-        analysis = _analysis(path, data)
+        analysis = _analysis(path, data, source)
         if analysis is not None:
             found.analyses.append(analysis)
         return analysis is not None
     if path.name == "architectures.json" and isinstance(data.get("runs"), list):
-        found.analyses.append(_architectures(path, data))
+        found.analyses.append(_architectures(path, data, source))
         return True
     if path.name == "index.json" and isinstance(data.get("layers"), dict):
-        found.visualizations.append(Visualization(path.parent, Path(_str(data.get("run"), path.parent.name)).name,
-                                                  data))
+        found.visualizations.append(_visualization(path, data, source))
         return True
     results = data.get("results")
     if isinstance(results, list) and results and all(isinstance(r, dict) and "top1_error" in r for r in results):
-        ten = data.get("ten_crop")
-        found.evaluations.append(Evaluation(path, results, ten if isinstance(ten, bool) else None))
+        found.evaluations.append(_evaluation(path, data, source))
         return True
     return False
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def discover(sources: list[Path], *, exclude: Path | None = None) -> Sources:
     """Find every saved result in ``sources`` (folders or JSON files), walking folders a few levels down.
+
+    Only files inside each source folder are read (a symbolic link that leads out of it is skipped with
+    a warning), each through :mod:`zfnet.report._inputs`.
 
     Args:
         sources: demo folders, run directories, visualize and analysis output folders, or JSON files.
@@ -257,7 +422,8 @@ def discover(sources: list[Path], *, exclude: Path | None = None) -> Sources:
         What was found; labels of runs and visualizations are made unique.
 
     Raises:
-        ZFNetError: a source does not exist, or nothing was found in any of them.
+        ZFNetError: a source does not exist, a JSON file named as a source may not be read (too large, not
+            JSON), or nothing was found in any of them.
     """
     found = Sources()
     seen: set[Path] = set()
@@ -269,17 +435,17 @@ def discover(sources: list[Path], *, exclude: Path | None = None) -> Sources:
             raise ZFNetError(f"{source} does not exist")
         resolved = source.resolve()
         if source.is_file():
-            if resolved not in seen and not _classify_json(resolved, found):
+            if resolved not in seen and not _classify_json(resolved, found, resolved.parent, strict=True):
                 raise ZFNetError(f"{source} is not a zfnet result (an evaluation, a visualize index.json or an "
                                  "analysis JSON with a kind and a report block)")
             seen.add(resolved)
             continue
-        if exclude is not None and _inside(resolved, exclude):
+        if exclude is not None and inside(resolved, exclude):
             raise ZFNetError(f"source {source} is the report's output folder or inside it; choose another --out")
         stack = [(resolved, 0)]
         while stack:
             folder, depth = stack.pop()
-            if folder in seen or (exclude is not None and _inside(folder, exclude)):
+            if folder in seen or (exclude is not None and inside(folder, exclude)):
                 continue
             seen.add(folder)
             folders += 1
@@ -287,26 +453,38 @@ def discover(sources: list[Path], *, exclude: Path | None = None) -> Sources:
                 raise ZFNetError(f"{source} holds more than {_MAX_FOLDERS} folders: give the report the result "
                                  "folders themselves (a demo folder, runs, visualize or analysis output)")
             if _is_run(folder):
-                run = _read_run(folder)
+                run = _read_run(folder, resolved)
                 if run is not None:
                     found.runs.append(run)
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as err:
-                log.warning("skipping %s: %s", folder, err.strerror)
+                log.warning("report: skipping %s: %s", printable(folder), err.strerror)
                 continue
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 path = Path(entry.path)
-                if entry.is_file() and entry.name.endswith(".json") and entry.name not in ("config.json",
-                                                                                          "classes.json"):
-                    if path not in seen:
-                        seen.add(path)
-                        _classify_json(path, found)
-                elif entry.is_dir() and depth < _MAX_DEPTH and entry.name not in _SKIPPED_FOLDERS \
-                        and not _is_data_set(path):
-                    stack.append((path, depth + 1))
+                try:
+                    is_json = entry.name.endswith(".json") and entry.name not in ("config.json", "classes.json") \
+                        and entry.is_file()
+                    is_dir = not is_json and depth < _MAX_DEPTH and entry.name not in _SKIPPED_FOLDERS \
+                        and entry.is_dir()
+                    if not (is_json or is_dir):
+                        continue
+                    target = path.resolve()
+                except (OSError, RuntimeError) as err:  # a symbolic link loop
+                    log.warning("report: skipping %s: %s", printable(path), err.strerror if isinstance(err, OSError)
+                                else "a symbolic link loop")
+                    continue
+                if not inside(target, resolved):  # a symbolic link that leads out of the results folder
+                    log.warning("report: skipping %s: a symbolic link to outside %s", printable(path),
+                                printable(source))
+                elif is_json and target not in seen:
+                    seen.add(target)
+                    _classify_json(path, found, resolved)
+                elif is_dir and not _is_data_set(target):
+                    stack.append((target, depth + 1))
     if found.empty():
         raise ZFNetError(f"found no zfnet results in {', '.join(str(s) for s in sources)}: expected run "
                          "directories, visualize output (index.json) or analysis JSON files")

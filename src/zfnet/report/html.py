@@ -9,25 +9,31 @@ evaluations and analysis JSON; see :mod:`zfnet.report._sources`) and writes into
   (``#conv5-map-17``) with its top-k projections, image patches and evolution strip;
 - ``<kind>.html`` per analysis kind (occlusion, invariance, correspondence, architectures, ablation,
   ensemble, transfer, probes, and any new kind), rendered from its ``report`` block;
-- ``img/``: copies (hard links where possible) of every figure, named by content, so the folder can be
-  moved or archived on its own; ``assets/``: the style sheet and the keyboard navigation script;
+- ``img/``: copies of every figure, named by content, so the folder can be moved or archived on its own;
+  ``assets/``: the style sheet and the keyboard navigation script;
 - ``report.json``: what was written, so that a rebuild removes its own stale files and nothing else.
 
 Nothing is fetched from the network (no CDN, no remote fonts) and nothing is recomputed: the only figure
-drawn here is the training curves, from ``metrics.jsonl``. Every piece of text that comes from data is
-escaped by the templates (Jinja2 with autoescaping), and file names in links are derived from content
-hashes or sanitised names.
+drawn here is the training curves, from ``metrics.jsonl``.
+
+The results are data that may be hostile (docs/safety.md). Every file is read through
+:mod:`zfnet.report._inputs`: only inside the results folder it was found in, size-capped, and a figure only
+if its content is a PNG or JPEG image, whose checked bytes are what is copied. Every piece of text that
+comes from data is escaped by the templates (Jinja2 with autoescaping; nothing is marked safe; control
+characters replaced), every link, image source and id passes the ``link`` filter (the report's own pages,
+images and anchors, named by slugs and content hashes, never a scheme or ``..``), and every file is written
+inside ``out``, through no symbolic link.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from PIL import Image, UnidentifiedImageError
+import markupsafe
+from PIL import Image
 
 from .._io import atomic_write, atomic_write_json
 from ..errors import ZFNetError
 from ._architecture import architecture, diagram
 from ._curves import training_curves_png
+from ._inputs import Refused, inside, printable, read_json, read_raster
 from ._sources import Analysis, Evaluation, Run, Sources, Visualization, discover
 
 __all__ = ["build_report", "REPORT_FORMAT"]
@@ -50,8 +58,9 @@ log = logging.getLogger("zfnet")
 REPORT_FORMAT = "zfnet-report"
 MANIFEST = "report.json"
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg"}
 _RESERVED_PAGES = {"index", "report"}
+_MAX_PAGES = 300     # layer and analysis pages in all; each lists every other one in its sidebar
+_MAX_CLASSES = 2000  # class names shown per run (ImageNet has 1000)
 
 # What each section of the overview means, two sentences each.
 ABOUT = {
@@ -129,69 +138,63 @@ def _table(caption: str, columns: Sequence[Any], rows: Sequence[Any]) -> dict[st
 
 @dataclass
 class _Site:
-    """The report folder: writes files atomically and remembers them for the manifest."""
+    """The report folder: writes files atomically, only inside itself, and remembers them for the manifest."""
 
     out: Path
     written: set[str] = field(default_factory=set)
-    images: dict[Path, dict[str, Any] | None] = field(default_factory=dict)
+    images: dict[tuple[str, Path], dict[str, Any] | None] = field(default_factory=dict)
+    refused: dict[tuple[str, Path], str] = field(default_factory=dict)  # why a figure was left out
+
+    def __post_init__(self) -> None:
+        self.root = self.out.resolve()
+
+    def _dest(self, rel: str) -> Path:
+        """Where ``rel`` is written: inside ``out``, through no symbolic link (an ``img`` linked elsewhere)."""
+        path = self.out / rel
+        parent = path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if parent.resolve() != self.root.joinpath(*Path(rel).parent.parts) or path.is_dir():
+            raise ZFNetError(f"{path} leads out of --out {self.out} (a symbolic link?); the report writes only "
+                             "inside its folder")
+        return path
 
     def write_bytes(self, rel: str, data: bytes) -> str:
-        path = self.out / rel
-        if not (path.is_file() and path.read_bytes() == data):
-            atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        path = self._dest(rel)
+        if path.is_symlink() or not (path.is_file() and path.read_bytes() == data):
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))  # replaces a link itself, never its target
         self.written.add(rel)
         return rel
 
     def write_text(self, rel: str, text: str) -> str:
         return self.write_bytes(rel, text.encode("utf-8"))
 
-    def image(self, source: Path) -> dict[str, Any] | None:
-        """Copy an image into ``img/`` under a name made from its content; None if it is missing or not one."""
-        source = source.resolve() if source.exists() else source
-        if source in self.images:
-            return self.images[source]
-        info = None
-        if source.suffix.lower() not in _IMAGE_SUFFIXES:
-            log.warning("report: %s is not an image (%s); left out", source, ", ".join(sorted(_IMAGE_SUFFIXES)))
-        elif not source.is_file():
-            log.warning("report: figure %s is missing; left out", source)
-        else:
-            data = source.read_bytes()
-            rel = f"img/{_slug(source.stem)[:60]}-{hashlib.sha256(data).hexdigest()[:12]}{source.suffix.lower()}"
-            dest = self.out / rel
-            if not dest.is_file():
-                _link_or_copy(source, dest)
-            self.written.add(rel)
-            info = {"src": rel, "width": None, "height": None}
-            if source.suffix.lower() != ".svg":
-                try:
-                    with Image.open(source) as img:
-                        info["width"], info["height"] = img.size
-                except (OSError, UnidentifiedImageError):
-                    log.warning("report: %s is not a readable image; left out", source)
-                    info = None
-        self.images[source] = info
-        return info
+    def image(self, path: Path, source: Path, named_in: Path) -> dict[str, Any] | None:
+        """Copy a figure a result names into ``img/``, under a name made from its content.
+
+        Every rule of :func:`~zfnet.report._inputs.read_raster` applies (inside the results folder
+        ``source``, a PNG or JPEG by content, size caps); the bytes checked are the bytes written. A figure
+        that breaks one is left out with a warning, and None returned.
+        """
+        key = (str(path), source)
+        if key not in self.images:
+            try:
+                raster = read_raster(path, source, exclude=self.out)
+            except Refused as err:
+                log.warning("report: left out a figure named in %s: %s", printable(named_in), err)
+                self.images[key] = None
+                self.refused[key] = err.rule
+            else:
+                rel = f"img/{_slug(path.stem)[:60]}-{hashlib.sha256(raster.data).hexdigest()[:12]}{raster.extension}"
+                self.write_bytes(rel, raster.data)
+                self.images[key] = {"src": rel, "width": raster.width, "height": raster.height}
+        return self.images[key]
 
     def image_bytes(self, name: str, data: bytes) -> dict[str, Any]:
         """Write a PNG drawn here into ``img/``, named by its content."""
         rel = self.write_bytes(f"img/{name}-{hashlib.sha256(data).hexdigest()[:12]}.png", data)
-        with Image.open(self.out / rel) as img:
+        with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
         return {"src": rel, "width": width, "height": height}
-
-
-def _link_or_copy(source: Path, dest: Path) -> None:
-    """Put ``source``'s content at ``dest`` atomically: a hard link, or a copy across file systems."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # another file system, or links not allowed
-        atomic_write(dest, lambda t: shutil.copyfile(source, t))
-        return
-    os.replace(tmp, dest)
 
 
 def _prepare_out(out: Path) -> list[str]:
@@ -203,36 +206,73 @@ def _prepare_out(out: Path) -> list[str]:
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
-            saved = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            saved = read_json(manifest, out)
+        except Refused:
             saved = None
-        if isinstance(saved, dict) and saved.get("format") == REPORT_FORMAT:
-            return [str(f) for f in saved.get("files", []) if isinstance(f, str)]
+        if isinstance(saved, dict) and saved.get("format") == REPORT_FORMAT and isinstance(saved.get("files"), list):
+            return [f for f in saved["files"] if isinstance(f, str)]
     if any(out.iterdir()):
         raise ZFNetError(f"--out {out} is not empty and holds no zfnet report; choose an empty or new folder")
     return []
 
 
 def _remove_stale(out: Path, previous: list[str], written: set[str]) -> None:
-    """Remove files the previous build wrote and this one did not; never anything outside ``out``."""
+    """Remove files the previous build wrote and this one did not; never anything outside ``out``.
+
+    A listed name is removed only if its folder lies inside ``out`` (no ``..``, no symbolic link out) and it
+    is a file or a link; a link is removed itself, never what it points to.
+    """
     root = out.resolve()
     for rel in previous:
         if rel in written or rel == MANIFEST:
             continue
-        path = (out / rel).resolve()
-        if root not in path.parents or not path.is_file():
+        path = out / rel
+        try:
+            parent = path.parent.resolve()
+            if not inside(parent, root) or path.name in ("", ".", "..") or (path.is_dir() and not path.is_symlink()):
+                continue
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        except (OSError, RuntimeError, ValueError):  # gone already, a symlink loop, a NUL in a forged name
             continue
-        path.unlink()
+
+
+# Every href, src and id the templates fill in: a page, an image or an anchor of the report's own, named by
+# this module (slugs and content hashes). Nothing read from the results can form one with a scheme
+# ("javascript:"), a "/" at the start, "..", a query or a quote.
+_LINK = re.compile(r"(?:(?:img|assets)/)?[a-z0-9_][a-z0-9_.-]*(?:#[a-z0-9_][a-z0-9_-]*)?")
+
+
+def _link(value: str) -> str:
+    """The ``link`` filter: ``value`` if it is one of the report's own links; a bug in this module otherwise."""
+    if not isinstance(value, str) or not _LINK.fullmatch(value) or ".." in value:
+        raise RuntimeError(f"zfnet report: refusing to write the link {value!r}: not one of the report's own")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _finalize(value: Any) -> Any:
+    """Every value a template prints, before escaping: control characters (a NUL, an escape) made visible.
+
+    Markup (a macro's output, already escaped) passes as it is.
+    """
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return _CONTROL.sub("\ufffd", value)
+    return value
 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("zfnet.report", "templates"),
         autoescape=True,  # every value from data is escaped; nothing is marked safe
+        finalize=_finalize,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["link"] = _link
     env.filters["percent"] = _percent
     env.filters["thousands"] = lambda v: f"{v:,}" if _is_number(v) else "—"
     return env
@@ -252,7 +292,8 @@ def _run_summary(run: Run) -> dict[str, Any]:
     last = rows[-1] if rows else {}
     seconds = sum(m["seconds"] for m in rows if _is_number(m.get("seconds")))
     summary: dict[str, Any] = {
-        "label": run.label, "model": run.model, "classes": run.class_names, "epochs": len(rows),
+        "label": run.label, "model": run.model, "classes": run.class_names[:_MAX_CLASSES],
+        "class_count": len(run.class_names), "epochs": len(rows),
         "planned_epochs": run.config.get("epochs"), "best_top1": best[0] if best else None,
         "best_epoch": best[1] if best else None, "last_top1": last.get("val_top1_error"),
         "last_top5": last.get("val_top5_error"), "last_train_top1": last.get("train_top1_error"),
@@ -261,11 +302,13 @@ def _run_summary(run: Run) -> dict[str, Any]:
     }
     try:
         arch = architecture(run.config, num_classes=max(1, len(run.classes)))
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
-        summary["error"] = f"cannot rebuild model {run.model!r} from {run.root.name}/config.json: {err}"
+        drawing = diagram(arch)
+    except Exception as err:  # noqa: BLE001 - a crafted config.json can make a builder raise anything
+        summary["error"] = printable(f"cannot rebuild model {run.model!r} from {run.root.name}/config.json: "
+                                     f"{err or type(err).__name__}", 500)
         log.warning("report: %s", summary["error"])
         return summary
-    summary.update(parameters=arch.parameters, input_size=arch.input_size, diagram=diagram(arch), layers=[
+    summary.update(parameters=arch.parameters, input_size=arch.input_size, diagram=drawing, layers=[
         {"name": la.name, "parameters": la.parameters,
          "stages": [{"name": s.name, "operation": s.operation, "size": s.size, "parameters": s.parameters}
                     for s in la.stages]} for la in arch.layers])
@@ -301,22 +344,38 @@ class _LayerPage:
     maps: list[str]
 
 
+def _number(key: str) -> int | None:
+    """A map's number when its key is one (ASCII digits only: ``"²".isdigit()`` is true, ``int("²")`` fails)."""
+    return int(key) if re.fullmatch(r"[0-9]{1,12}", key) else None
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... if taken (two layers whose names slug alike)."""
+    stem, n = name, 2
+    while name in taken:
+        name, n = f"{stem}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
 def _layer_pages(visualizations: list[Visualization]) -> list[list[_LayerPage]]:
     pages = []
+    taken: set[str] = set()
     for vis in visualizations:
         prefix = "layer" if len(visualizations) == 1 else f"layer-{_slug(vis.label)}"
         group = []
         for layer, maps in vis.layers.items():
-            if not isinstance(maps, dict):
-                continue
-            keys = sorted(maps, key=lambda m: (0, int(m)) if str(m).isdigit() else (1, str(m)))
-            group.append(_LayerPage(vis, str(layer), f"{prefix}-{_slug(layer)}.html", keys))
+            keys = sorted(maps, key=lambda m: (0, _number(m), m) if _number(m) is not None else (1, 0, m))
+            group.append(_LayerPage(vis, layer, f"{_unique(f'{prefix}-{_slug(layer)}', taken)}.html", keys))
         pages.append(group)
     return pages
 
 
-def _map_anchor(layer: str, key: str) -> str:
-    return f"{_slug(layer)}-map-{int(key) if str(key).isdigit() else _slug(key)}"
+def _map_anchors(layer: str, keys: list[str]) -> dict[str, str]:
+    """Each map's anchor on its layer page (``conv5-map-17``), unique on the page."""
+    taken: set[str] = set()
+    return {key: _unique(f"{_slug(layer)}-map-{_number(key) if _number(key) is not None else _slug(key)}", taken)
+            for key in keys}
 
 
 def _analysis_pages(found: Sources) -> list[tuple[str, str, list[Analysis]]]:
@@ -332,25 +391,38 @@ def _analysis_pages(found: Sources) -> list[tuple[str, str, list[Analysis]]]:
     return pages
 
 
+def _within_page_limit(layer_groups: list[list[_LayerPage]], analysis_pages: list[tuple[str, str, list[Analysis]]]
+                       ) -> tuple[list[list[_LayerPage]], list[tuple[str, str, list[Analysis]]]]:
+    """At most :data:`_MAX_PAGES` pages, layers first; the rest left out with a warning."""
+    total = sum(len(g) for g in layer_groups) + len(analysis_pages)
+    if total <= _MAX_PAGES:
+        return layer_groups, analysis_pages
+    log.warning("report: the results call for %d pages; the %d after the first %d are left out", total,
+                total - _MAX_PAGES, _MAX_PAGES)
+    left, groups = _MAX_PAGES, []
+    for group in layer_groups:
+        groups.append(group[:left])
+        left -= len(groups[-1])
+    return groups, analysis_pages[:left]
+
+
 def _page_name(kind: str, analyses: list[Analysis]) -> str:
     """An analysis page's name: its analysis's title, or the kind when several analyses share the page."""
     return analyses[0].title if len(analyses) == 1 else kind.capitalize()
 
 
-def _figure(site: _Site, root: Path, entry: dict[str, Any]) -> dict[str, Any] | None:
+def _figure(site: _Site, analysis: Analysis, entry: dict[str, Any]) -> dict[str, Any] | None:
     """A figure of an analysis ``report`` block: ``{"path", "caption"}`` or ``{"figure", "image", "label"}``."""
-    rel = entry.get("path", entry.get("figure"))
-    if not isinstance(rel, str) or not rel:
+    rel = entry.get("path") or entry.get("figure")
+    if not rel:
         return None
-    img = site.image(root / rel)
-    label = entry.get("label")
-    image = entry.get("image")
-    caption = entry.get("caption")
-    wide = bool(img and img["width"] and img["height"] and img["width"] > 640 and img["width"] > 1.6 * img["height"])
-    return {"img": img, "missing": rel if img is None else None, "wide": wide,
-            "caption": caption if isinstance(caption, str) else "",
-            "label": str(label) if label is not None else None,
-            "image": Path(str(image)).name if isinstance(image, str) and image else None}
+    path = analysis.root / rel
+    img = site.image(path, analysis.source, analysis.path)
+    label, image = entry.get("label"), entry.get("image")
+    wide = bool(img and img["width"] > 640 and img["width"] > 1.6 * img["height"])
+    return {"img": img, "missing": rel if img is None else None, "wide": wide, "caption": entry.get("caption") or "",
+            "why": site.refused.get((str(path), analysis.source), "missing"),
+            "label": _cell(label) if label is not None else None, "image": Path(image).name if image else None}
 
 
 def _top_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -368,8 +440,8 @@ def _top_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _image_of(site: _Site, vis: Visualization, rel: Any) -> dict[str, Any] | None:
-    return site.image(vis.root / rel) if isinstance(rel, str) and rel else None
+def _image_of(site: _Site, vis: Visualization, rel: str | None) -> dict[str, Any] | None:
+    return site.image(vis.root / rel, vis.source, vis.root / "index.json") if rel else None
 
 
 def _layer_context(site: _Site, page: _LayerPage) -> dict[str, Any]:
@@ -377,12 +449,13 @@ def _layer_context(site: _Site, page: _LayerPage) -> dict[str, Any]:
     vis, layer = page.vis, page.layer
     figures = vis.figures
     k = vis.index.get("k", 9)
-    entries = {key: e if isinstance(e, dict) else {} for key, e in vis.layers[layer].items()}
+    entries = vis.layers[layer]
 
     def image(rel: Any) -> dict[str, Any] | None:
         return _image_of(site, vis, rel)
 
-    maps = [{"key": key, "anchor": _map_anchor(layer, key), "order": order + 1,
+    anchors = _map_anchors(layer, page.maps)
+    maps = [{"key": key, "anchor": anchors[key], "order": order + 1,
              "projections": image(entries[key].get("projections_png")),
              "patches": image(entries[key].get("patches_png")),
              "evolution": image(entries[key].get("evolution_png")), "rows": _top_rows(entries[key])}
@@ -407,9 +480,8 @@ def _layer_context(site: _Site, page: _LayerPage) -> dict[str, Any]:
 def _analysis_context(site: _Site, analyses: list[Analysis], base: Path | None) -> list[dict[str, Any]]:
     sections = []
     for i, a in enumerate(analyses):
-        figures = [f for f in (_figure(site, a.root, e) for e in a.figures) if f is not None]
-        tables = [_table(_cell(t.get("caption", "")), t.get("columns") or [], t.get("rows") or [])
-                  for t in a.tables]
+        figures = [f for f in (_figure(site, a, e) for e in a.figures) if f is not None]
+        tables = [_table(_cell(t["caption"]), t["columns"], t["rows"]) for t in a.tables]
         source = a.path.name if base is None else os.path.relpath(a.path, base)
         sections.append({"anchor": f"{_slug(a.kind)}-{i + 1}", "title": a.title, "summary": a.summary,
                          "figures": figures, "tables": tables, "source": source})
@@ -466,6 +538,7 @@ def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str =
 
     layer_groups = _layer_pages(found.visualizations)
     analysis_pages = _analysis_pages(found)
+    layer_groups, analysis_pages = _within_page_limit(layer_groups, analysis_pages)
     flat_layers = [p for group in layer_groups for p in group]
     nav = {
         "layers": [{"label": group[0].vis.label, "pages": [{"name": p.layer, "href": p.href, "count": len(p.maps)}
@@ -501,8 +574,9 @@ def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str =
                       "filters": _image_of(site, group[0].vis, group[0].vis.figures.get("filters-conv1")),
                       "split": group[0].vis.index.get("split"), "k": group[0].vis.index.get("k", 9),
                       "layers": [{"name": p.layer, "href": p.href,
-                                  "maps": [{"key": m, "href": f"{p.href}#{_map_anchor(p.layer, m)}"}
-                                           for m in p.maps]} for p in group]}
+                                  "maps": [{"key": m, "href": f"{p.href}#{anchor}"}
+                                           for m, anchor in _map_anchors(p.layer, p.maps).items()]}
+                                 for p in group]}
                      for group in layer_groups if group],
         "analyses": [{"title": _page_name(kind, analyses), "href": href,
                       "summaries": [a.summary for a in analyses], "kind": kind}

@@ -2,10 +2,20 @@
 (function () {
   "use strict";
   var items = Array.prototype.slice.call(document.querySelectorAll(".navitem"));
-  var chips = {};
+  var chips = Object.create(null);  // no prototype: "#__proto__" or "#constructor" finds no chip
   Array.prototype.forEach.call(document.querySelectorAll(".mapbar .chip"), function (chip) {
-    chips[decodeURIComponent(chip.hash.slice(1))] = chip;
+    chips[fragment(chip.hash)] = chip;
   });
+
+  // The id a fragment names. A malformed one ("#%E0%A4%A") makes decodeURIComponent throw; it names
+  // nothing then, rather than stopping the script.
+  function fragment(hash) {
+    try {
+      return decodeURIComponent(hash.slice(1));
+    } catch (e) {
+      return "";
+    }
+  }
 
   function offset() {
     var bar = document.querySelector(".topbar");
@@ -15,7 +25,7 @@
 
   // The item the reader is at: the one in the address if it is on screen, else the last one scrolled past.
   function current() {
-    var target = document.getElementById(decodeURIComponent(location.hash.slice(1)));
+    var target = document.getElementById(fragment(location.hash));
     var i = items.indexOf(target);
     if (i >= 0) {
       var r = target.getBoundingClientRect();
@@ -37,7 +47,7 @@
 
   function mark() {
     Object.keys(chips).forEach(function (id) { chips[id].classList.remove("on"); });
-    var chip = chips[decodeURIComponent(location.hash.slice(1))];
+    var chip = chips[fragment(location.hash)];
     if (chip) {
       chip.classList.add("on");
       if (chip.scrollIntoView && chip.parentNode.scrollWidth > chip.parentNode.clientWidth) {
