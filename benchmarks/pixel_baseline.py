@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from zfnet.data.images import open_image
 from zfnet.data.synthetic import write_synthetic
 
 
@@ -30,7 +30,7 @@ def load(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     out = {}
     for split in ("train", "val"):
         items = [(k, v["label"]) for k, v in ann["images"].items() if k.startswith(f"{split}/")]
-        x = np.stack([np.asarray(Image.open(root / k).convert("RGB"), dtype=np.float32).reshape(-1) / 255.0
+        x = np.stack([np.asarray(open_image(root / k), dtype=np.float32).reshape(-1) / 255.0
                       for k, _ in items])
         out[split] = (torch.from_numpy(x), torch.tensor([label for _, label in items]))
     return out

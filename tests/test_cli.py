@@ -8,16 +8,25 @@ import pytest
 
 from zfnet.cli import main
 
+ALL_COMMANDS = [[], ["data"], ["data", "synth"], ["models"], ["train"], ["evaluate"], ["visualize"], ["occlusion"],
+                ["correspondence"], ["invariance"], ["experiment"], ["experiment", "transfer"],
+                ["experiment", "probes"], ["experiment", "ablation"], ["experiment", "ensemble"],
+                ["experiment", "miniature"], ["report"], ["demo"]]
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "synth"], ["train"], ["evaluate"], ["models"], ["demo"]])
-def test_help_documents_defaults(argv, capsys):
+
+@pytest.mark.parametrize("argv", ALL_COMMANDS, ids=lambda a: " ".join(a) or "zfnet")
+def test_help_documents_defaults_once(argv, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option, so that each is checked alone
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "usage: zfnet" in out
+    for line in out.splitlines():
+        assert line.count("(default:") <= 1, line
     if argv == ["train"]:
         assert "(default: 128)" in out and "(default: 0.01)" in out and "zfnet-tiny" in out
+        assert "(default: cores - 1)" in out
 
 
 def _one_line_error(capsys, argv, *needles):
@@ -122,3 +131,70 @@ def test_visualize_command(tiny_tree, tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, ["visualize", str(run), "--data", str(tiny_tree), "--layers", "conv9",
                              "--out", str(out)], "conv9", "conv5")
+
+
+def test_resume_only_continues_a_zfnet_run(capsys, tiny_tree, tmp_path):
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "absent"), "--resume"], "does not exist")
+    assert not (tmp_path / "absent").exists()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / ".notes.tmp").write_text("the user's")
+    (photos / "cat.jpg").write_bytes(b"the user's")
+    for extra in ([], ["--data", str(tiny_tree)]):
+        _one_line_error(capsys, ["train", "--out", str(photos), "--resume", *extra], "not a zfnet run")
+    assert sorted(p.name for p in photos.iterdir()) == [".notes.tmp", "cat.jpg"]  # nothing cleaned, nothing added
+    (tmp_path / "empty").mkdir()
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"], "is empty")
+
+
+def test_snapshots_must_be_epochs(capsys, tiny_tree, tmp_path):
+    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--snapshots", "-3", "--out", str(tmp_path / "r")],
+                    "snapshots")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_relative_data_path_resumes_from_anywhere(capsys, tiny_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--batch-size", "8", "--workers", "0", "--quiet"]
+    assert main(["train", "--data", "data", "--model", "zfnet-tiny", "--epochs", "1", "--out", "run", *common]) == 0
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"] == str(tiny_tree.resolve()) and saved["out"] == str(run.resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    # No --data, another relative spelling of it, and the absolute path: all the same folder.
+    assert main(["train", "--out", "../run", "--resume", "--epochs", "2", *common]) == 0
+    assert main(["train", "--out", "../run", "--resume", "--data", "../data", "--epochs", "3", *common]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--data", str(tiny_tree), "--epochs", "3", *common]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    capsys.readouterr()
+    _one_line_error(capsys, ["train", "--out", str(run), "--resume", "--data", str(tmp_path)], "cannot change")
+
+
+FOLDER_COMMANDS = [
+    ["train", "--data", "{data}", "--model", "zfnet-tiny", "--out", "{out}"],
+    ["data", "synth", "{out}"],
+    ["demo", "--quick", "--out", "{out}"],
+    ["visualize", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["occlusion", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["correspondence", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["invariance", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["experiment", "transfer", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["experiment", "probes", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["experiment", "ablation", "--data", "{data}", "--out", "{out}"],
+    ["experiment", "ensemble", "{run}", "--data", "{data}", "--out", "{out}"],
+    ["experiment", "miniature", "--out", "{out}"],
+    ["report", "{run}", "--out", "{out}"],
+]
+
+
+def test_every_command_that_writes_a_folder_is_refused_while_another_process_writes_it(capsys, tiny_tree,
+                                                                                        tmp_path):
+    from helpers.locks import held_by_another_process
+
+    out = tmp_path / "out"
+    with held_by_another_process(out) as pid:
+        for argv in FOLDER_COMMANDS:
+            argv = [a.format(data=tiny_tree, out=out, run=tmp_path / "run") for a in argv]
+            _one_line_error(capsys, argv, str(out), "in use", f"PID {pid}")
+            assert sorted(p.name for p in out.iterdir()) == [".zfnet.lock"], argv  # the holder's alone

@@ -1,13 +1,17 @@
 """The ``zfnet`` command line: argument parsing only; each command calls one library function.
 
 Errors in what the user gave (a missing path, an unknown model, an impossible size, a crafted
-checkpoint) print one line and exit with status 2; a diverged training run exits with status 1.
+checkpoint, an output folder another process is writing) print one line and exit with status 2; a
+diverged training run exits with status 1.
+
+Every command that writes a folder holds that folder's lock (:func:`zfnet._io.folder_lock`) while it
+runs: ``train``, ``demo``, ``data synth`` and ``report`` take it in their library function, the others
+in :func:`main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,43 +31,104 @@ class _Parser(argparse.ArgumentParser):
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        # A None default means "not given": the help text says what happens then.
-        if action.default is None:
+        # A None default means "not given": the help text says what happens then. A help text that
+        # states its default already gets no second one.
+        if action.default is None or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+class _Checked:
+    """An argparse type: the text read as an int, a float, a string or a comma-separated list of them,
+    then checked by zfnet's one validator (:func:`zfnet._validate.check_value`: finite, in range).
+
+    ``_Checked(int, 1, 100)`` gives its own limits; ``_Checked.of("TrainConfig", "epochs")`` takes a
+    config field's type and limits, so a flag and a config file refuse the same values alike.
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, csv: bool = False) -> None:
+        self.kind, self.csv, self.field, self.each = kind, csv, None, False
+        self.bounds = (low, high, low_open, high_open)
+        self.__name__ = getattr(kind, "__name__", "value")
+
+    @classmethod
+    def of(cls, config: str, name: str, *, each: bool = False) -> _Checked:
+        """The flag of field ``name`` of ``config``; ``each``: one item of a list field (``--fc-width``)."""
+        flag = cls(str)
+        flag.field = (config, name)
+        flag.each = each
+        return flag
+
+    def _resolve(self) -> tuple[type, bool, Any]:
+        from ._validate import Limits, field_limits
+
+        if self.field is None:
+            return self.kind, self.csv, Limits(*self.bounds)
+        import typing
+        from dataclasses import fields
+
+        from .models.convnet import ConvNetConfig
+        from .train.config import TrainConfig
+
+        cls = {"TrainConfig": TrainConfig, "ConvNetConfig": ConvNetConfig}[self.field[0]]
+        hint = typing.get_type_hints(cls)[self.field[1]]
+        limit = field_limits(next(f for f in fields(cls) if f.name == self.field[1])) or Limits()
+        args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+        if typing.get_origin(hint) is tuple:
+            return args[0], not self.each, limit
+        return (args[0] if args else hint), False, limit
+
+    @property
+    def limits(self) -> Any:
+        return self._resolve()[2]
+
+    @property
+    def value_type(self) -> type:
+        """The type of the value (of each value of a list)."""
+        return self._resolve()[0]
+
+    def __call__(self, text: str) -> Any:
+        from ._validate import check_value
+        from .errors import ZFNetError
+
+        kind, csv, limit = self._resolve()
+        word = {int: "whole number", float: "number"}.get(kind, "value")
+        parts = [v.strip() for v in text.split(",") if v.strip()] if csv else [text.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected at least one {word}")
+        try:
+            values = [kind(v) for v in parts]
+        except ValueError:
+            many = "comma-separated " if csv else "a "
+            raise argparse.ArgumentTypeError(f"expected {many}{word}{'s' if csv else ''}, got {text!r}") from None
+        try:
+            return check_value(tuple(values) if csv else values[0], tuple[kind, ...] if csv else kind, "",
+                               what="", limit=limit)
+        except ZFNetError as err:
+            raise argparse.ArgumentTypeError(str(err).strip()) from None
+
+
+# Upper bounds of the flags that are not config fields. Counts of images, splits and the like allocate
+# nothing in proportion; sizes that do (batches, occluders, grids, top-k) have bounds of their own.
+_MAX_COUNT = 1_000_000_000
+_MAX_SEED = 2**63 - 1
+_MAX_BATCH = 65_536
+_MAX_WORKERS = 256
+_MAX_SIDE = 2048
 
 
 def _csv_names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_positive_int = _Checked(int, 1, _MAX_COUNT)
+_seed = _Checked(int, 0, _MAX_SEED)
+_workers = _Checked(int, 0, _MAX_WORKERS)
+_batch = _Checked(int, 1, _MAX_BATCH)
 
 
-def _input_size(text: str) -> int:
-    from .train.external import INPUT_SIZES
-
-    value = _positive_int(text)
-    if not INPUT_SIZES[0] <= value <= INPUT_SIZES[1]:
-        raise argparse.ArgumentTypeError(f"must be from {INPUT_SIZES[0]} to {INPUT_SIZES[1]} pixels, got {value}")
-    return value
+_input_size = _Checked(int, 16, _MAX_SIDE)  # zfnet.train.external.INPUT_SIZES, which checks it again
 
 
 def _rgb(text: str) -> tuple[float, float, float]:
@@ -117,20 +182,25 @@ def _loaded(args: argparse.Namespace, data: Path | None = None, split: str = "va
 # Training flags: (flag, config field, type, help). Their defaults come from TrainConfig, so the
 # parser leaves them unset (None) and a --config file or the saved run can fill them in.
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--epochs", "epochs", _positive_int, "epochs to train in total"),
-    ("--batch-size", "batch_size", _positive_int, "images per SGD step, over all processes"),
-    ("--lr", "lr", float, "initial learning rate"),
-    ("--momentum", "momentum", float, "SGD momentum"),
-    ("--weight-decay", "weight_decay", float, "L2 weight decay on weights (not biases)"),
-    ("--max-filter-rms", "max_filter_rms", float, "renormalise conv filters whose RMS exceeds this (0: off)"),
-    ("--lr-factor", "lr_factor", float, "multiply the learning rate by this on a plateau"),
-    ("--lr-patience", "lr_patience", int, "epochs without improvement of val top-1 error before the lr drops"),
-    ("--snapshots", "snapshots", _csv_ints, "epochs whose weights are kept (feature evolution)"),
-    ("--seed", "seed", int, "seed of initialisation, data order, crops and dropout"),
-    ("--workers", "workers", int, "data loading processes (default: cores - 1)"),
-    ("--cache", "cache", str, "keep decoded images in memory: auto, memory or none"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-    ("--layout", "layout", str, "data layout: auto, folders or imagenet"),
+    ("--epochs", "epochs", _Checked.of("TrainConfig", "epochs"), "epochs to train in total"),
+    ("--batch-size", "batch_size", _Checked.of("TrainConfig", "batch_size"), "images per SGD step, over all processes"),
+    ("--lr", "lr", _Checked.of("TrainConfig", "lr"), "initial learning rate"),
+    ("--momentum", "momentum", _Checked.of("TrainConfig", "momentum"), "SGD momentum"),
+    ("--weight-decay", "weight_decay", _Checked.of("TrainConfig", "weight_decay"),
+     "L2 weight decay on weights (not biases)"),
+    ("--max-filter-rms", "max_filter_rms", _Checked.of("TrainConfig", "max_filter_rms"),
+     "renormalise conv filters whose RMS exceeds this (0: off)"),
+    ("--lr-factor", "lr_factor", _Checked.of("TrainConfig", "lr_factor"),
+     "multiply the learning rate by this on a plateau"),
+    ("--lr-patience", "lr_patience", _Checked.of("TrainConfig", "lr_patience"),
+     "epochs without improvement of val top-1 error before the lr drops"),
+    ("--snapshots", "snapshots", _Checked.of("TrainConfig", "snapshots"),
+     "epochs whose weights are kept (feature evolution)"),
+    ("--seed", "seed", _Checked.of("TrainConfig", "seed"), "seed of initialisation, data order, crops and dropout"),
+    ("--workers", "workers", _Checked.of("TrainConfig", "workers"), "data loading processes (default: cores - 1)"),
+    ("--cache", "cache", _Checked.of("TrainConfig", "cache"), "keep decoded images in memory: auto, memory or none"),
+    ("--device", "device", _Checked.of("TrainConfig", "device"), "auto, cpu, cuda or cuda:N"),
+    ("--layout", "layout", _Checked.of("TrainConfig", "layout"), "data layout: auto, folders or imagenet"),
 ]
 
 
@@ -153,14 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_synth = data_sub.add_parser("synth", help="write the built-in synthetic data set as an image-folder tree",
                                   formatter_class=_Formatter)
     p_synth.add_argument("out", type=Path, help="output folder (train/, val/, masks/, annotations.json)")
-    p_synth.add_argument("--classes", type=_positive_int, default=10, help="number of classes K")
-    p_synth.add_argument("--per-class", type=_positive_int, default=100, help="training images per class")
-    p_synth.add_argument("--val-per-class", type=_positive_int, default=None,
+    p_synth.add_argument("--classes", type=_Checked(int, 1, 1000), default=10, help="number of classes K")
+    p_synth.add_argument("--per-class", type=_Checked(int, 1, 1_000_000), default=100, help="training images per class")
+    p_synth.add_argument("--val-per-class", type=_Checked(int, 1, 1_000_000), default=None,
                          help="validation images per class (default: per-class / 5)")
-    p_synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    p_synth.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p_synth.add_argument("--seed", type=_seed, default=0, help="random seed; the same seed gives the same files")
+    p_synth.add_argument("--size", type=_Checked(int, 32, 1024), default=128, help="image side in pixels")
     p_synth.add_argument("--set", dest="class_set", default="primary", choices=("primary", "secondary"),
                          help="class set: the secondary set is disjoint from the primary (for transfer)")
+    p_synth.add_argument("--overwrite", action="store_true",
+                         help="replace the synthetic set already in OUT (only the files zfnet wrote there; "
+                         "files you added stay)")
 
     # models
     sub.add_parser("models", help="list the available models with their input sizes", formatter_class=_Formatter)
@@ -181,15 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bars")
     g = p_train.add_argument_group("model options (the paper's Table 3 variants)")
     g.add_argument("--remove", type=_csv_names, default=None, help="layers to remove, from conv3,conv4,fc6,fc7")
-    g.add_argument("--fc-width", type=_positive_int, default=None, help="width of fc6 and fc7")
-    g.add_argument("--conv-widths", type=_csv_ints, default=None, help="maps of conv3,conv4,conv5, e.g. 512,1024,512")
-    g.add_argument("--dropout", type=float, default=None, help="dropout after fc6 and fc7 (default: 0.5)")
+    g.add_argument("--fc-width", type=_Checked.of("ConvNetConfig", "fc", each=True), default=None,
+                   help="width of fc6 and fc7")
+    g.add_argument("--conv-widths", type=_Checked.of("ConvNetConfig", "conv345"), default=None,
+                   help="maps of conv3,conv4,conv5, e.g. 512,1024,512")
+    g.add_argument("--dropout", type=_Checked.of("ConvNetConfig", "dropout"), default=None,
+                   help="dropout after fc6 and fc7 (default: 0.5)")
     g = p_train.add_argument_group("recipe")
     for flag, field, typ, text in _TRAIN_FLAGS:
         shown = getattr(defaults, field)
         if isinstance(shown, tuple):
             shown = ",".join(map(str, shown))
-        g.add_argument(flag, dest=field, type=typ, default=None, help=f"{text} (default: {shown})")
+        shown = "" if "(default:" in text else f" (default: {shown})"
+        g.add_argument(flag, dest=field, type=typ, default=None, help=f"{text}{shown}")
 
     # evaluate
     p_eval = sub.add_parser("evaluate", help="top-1 / top-5 error of a run, or of an ensemble of runs",
@@ -201,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--ensemble", type=Path, nargs="+", default=[], metavar="RUN",
                         help="more runs: their softmax outputs are averaged with RUN's (Table 2)")
     p_eval.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
-    p_eval.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p_eval.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
+    p_eval.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
+    p_eval.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_eval.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
 
@@ -220,12 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_vis.add_argument("--layers", type=_csv_names, default=None,
                        help="layers to visualise, comma-separated (default: conv1,...,conv5; for another "
                        "--model, its top-level stages that hold convolutions, e.g. conv1,layer1,...,layer4)")
-    p_vis.add_argument("--k", type=_positive_int, default=9, help="top activations per feature map")
-    p_vis.add_argument("--maps", type=_positive_int, default=16,
+    p_vis.add_argument("--k", type=_Checked(int, 1, 1000), default=9, help="top activations per feature map")
+    p_vis.add_argument("--maps", type=_Checked(int, 1, 4096), default=16,
                        help="feature maps shown per layer, a seeded random subset (default: 16)")
     p_vis.add_argument("--split", default="val", help="split folder whose images are searched")
     p_vis.add_argument("--max-images", type=_positive_int, default=None, help="search only the first N images")
-    p_vis.add_argument("--seed", type=int, default=0, help="seed of the choice of shown maps")
+    p_vis.add_argument("--seed", type=_seed, default=0, help="seed of the choice of shown maps")
     p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
                        help="another run (e.g. AlexNet) for the Fig. 6 comparison")
 
@@ -244,24 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_occ.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and occlusion.json")
     p_occ.add_argument("--target", default=None,
                        help="class to map, name or index (default: the image's folder's class, else the prediction)")
-    p_occ.add_argument("--window", type=_positive_int, default=None,
+    p_occ.add_argument("--window", type=_Checked(int, 1, _MAX_SIDE), default=None,
                        help="occluder side in pixels (default: 32 at 224 px input, in proportion)")
-    p_occ.add_argument("--stride", type=_positive_int, default=None, help="occluder step (default: window / 4)")
+    p_occ.add_argument("--stride", type=_Checked(int, 1, _MAX_SIDE), default=None,
+                       help="occluder step (default: window / 4)")
     p_occ.add_argument("--layer", default=None,
                        help="layer of panels (b) and (c) (default: conv5; for another --model, the deepest of "
                        "its top-level stages that hold convolutions)")
     p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate", "coarse"),
                        help="exact; approximate (projective fields capped at --cap) or coarse (every other "
                        "position, drilling down where neighbours differ by more than --tol), with their SSIM")
-    p_occ.add_argument("--cap", type=float, default=0.5, help="approximate mode: largest share of a map recomputed")
-    p_occ.add_argument("--tol", type=float, default=0.05,
+    p_occ.add_argument("--cap", type=_Checked(float, 0, 1, low_open=True), default=0.5,
+                       help="approximate mode: largest share of a map recomputed")
+    p_occ.add_argument("--tol", type=_Checked(float, 0, 1), default=0.05,
                        help="coarse mode: probability spread between neighbours above which a position is computed")
-    p_occ.add_argument("--images", type=_positive_int, default=10, help="with --data: images shown")
+    p_occ.add_argument("--images", type=_Checked(int, 1, 10_000), default=10, help="with --data: images shown")
     p_occ.add_argument("--split", default="val", help="with --data: split folder")
     p_occ.add_argument("--pointing-game", type=_positive_int, default=None, metavar="N",
                        help="with --data: play the pointing game on up to N images (needs annotations.json)")
-    p_occ.add_argument("--batch-size", type=_positive_int, default=64, help="occluder positions per batch")
-    p_occ.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
+    p_occ.add_argument("--batch-size", type=_batch, default=64, help="occluder positions per batch")
+    p_occ.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images")
     p_corr = sub.add_parser("correspondence", help="correspondence of object parts: Δ per occluded part (Table 1)",
                             formatter_class=_Formatter,
                             description="Occlude the same part (eye, nose) in every annotated image, and random "
@@ -277,10 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="parts to occlude, comma-separated (default: right_eye,left_eye,nose)")
     p_corr.add_argument("--layers", type=_csv_names, default=("conv5", "fc7"),
                         help="layers compared, comma-separated (default: conv5,fc7)")
-    p_corr.add_argument("--images", type=_positive_int, default=5, help="annotated images used, a seeded choice")
-    p_corr.add_argument("--trials", type=int, default=10, help="draws of random regions per part (the control)")
+    p_corr.add_argument("--images", type=_Checked(int, 2, 10_000), default=5,
+                        help="annotated images used, a seeded choice")
+    p_corr.add_argument("--trials", type=_Checked(int, 1, 10_000), default=10,
+                        help="draws of random regions per part (the control)")
     p_corr.add_argument("--split", default="val", help="use images under DATA/SPLIT/ only; 'all' for every one")
-    p_corr.add_argument("--seed", type=int, default=0, help="seed of the choice of images and random regions")
+    p_corr.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images and random regions")
     p_corr.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p_inv = sub.add_parser("invariance", help="feature invariance to translation, scale and rotation (Fig. 5)",
@@ -293,16 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_inv.add_argument("--out", type=Path, required=True, help="output folder")
     p_inv.add_argument("--layers", type=_csv_names, default=("conv1", "fc7"),
                        help="layers compared, comma-separated (default: conv1,fc7)")
-    p_inv.add_argument("--images", type=_positive_int, default=5, help="images, of different classes where possible")
+    p_inv.add_argument("--images", type=_Checked(int, 1, 10_000), default=5,
+                       help="images, of different classes where possible")
     p_inv.add_argument("--split", default="val", help="split folder the images come from")
     p_inv.add_argument("--transforms", type=_csv_names, default=("translation", "scale", "rotation"),
                        help="transformations (default: translation,scale,rotation)")
-    p_inv.add_argument("--shifts", type=_csv_floats, default=None,
+    p_inv.add_argument("--shifts", type=_Checked(float, -_MAX_SIDE, _MAX_SIDE, csv=True), default=None,
                        help="vertical shifts in pixels, e.g. --shifts=-20,0,20 (default: 13 steps up to a "
                        "quarter of the input)")
-    p_inv.add_argument("--scales", type=_csv_floats, default=None, help="scale factors (default: 1.0,1.1,...,1.8)")
-    p_inv.add_argument("--angles", type=_csv_floats, default=None, help="rotations in degrees (default: 0,10,...,360)")
-    p_inv.add_argument("--seed", type=int, default=0, help="seed of the choice of images")
+    p_inv.add_argument("--scales", type=_Checked(float, 0, 100, low_open=True, csv=True), default=None,
+                       help="scale factors (default: 1.0,1.1,...,1.8)")
+    p_inv.add_argument("--angles", type=_Checked(float, -3600, 3600, csv=True), default=None,
+                       help="rotations in degrees (default: 0,10,...,360)")
+    p_inv.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images")
     p_inv.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # experiment: the paper's Tables 2-7, one action each
@@ -325,19 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_tr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "voc2012", "folders"),
                       help="data layout (folders: train/ and val/ class folders, pooled)")
     p_tr.add_argument("--out", type=Path, required=True, help="output folder")
-    p_tr.add_argument("--per-class", type=_csv_ints, default="15,30",
+    p_tr.add_argument("--per-class", type=_Checked(int, 1, 1_000_000, csv=True), default="15,30",
                       help="training images per class, comma-separated")
-    p_tr.add_argument("--splits", type=_positive_int, default=5, help="random train/test splits per --per-class")
-    p_tr.add_argument("--seed", type=int, default=0, help="seed of the splits and the from-scratch training")
+    p_tr.add_argument("--splits", type=_Checked(int, 1, 1000), default=5,
+                      help="random train/test splits per --per-class")
+    p_tr.add_argument("--seed", type=_seed, default=0, help="seed of the splits and the from-scratch training")
     p_tr.add_argument("--test-cap", type=_positive_int, default=None,
                       help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
     p_tr.add_argument("--no-baseline", action="store_true", help="skip training the architecture from scratch")
     p_tr.add_argument("--no-untrained", action="store_true",
                       help="skip the softmax on the untrained (random-weight) architecture's frozen features")
-    p_tr.add_argument("--scratch-steps", type=_positive_int, default=300,
+    p_tr.add_argument("--scratch-steps", type=_Checked(int, 1, 10_000_000), default=300,
                       help="SGD steps of each from-scratch training")
-    p_tr.add_argument("--scratch-batch-size", type=_positive_int, default=32, help="images per from-scratch step")
-    p_tr.add_argument("--scratch-lr", type=float, default=1e-2, help="from-scratch learning rate (/10 after 3/4)")
+    p_tr.add_argument("--scratch-batch-size", type=_batch, default=32, help="images per from-scratch step")
+    p_tr.add_argument("--scratch-lr", type=_Checked.of("TrainConfig", "lr"), default=1e-2,
+                      help="from-scratch learning rate (/10 after 3/4)")
     p_tr.add_argument("--l2", type=_l2_arg, default=None,
                       help="softmax L2 penalty: a number, cv (3-fold cross-validation on the training images), "
                       "or None: 1/N for N training images")
@@ -358,16 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_pr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "folders"),
                       help="data layout (folders: train/ and val/ class folders, pooled)")
     p_pr.add_argument("--out", type=Path, required=True, help="output folder")
-    p_pr.add_argument("--per-class", type=_positive_int, default=30,
+    p_pr.add_argument("--per-class", type=_Checked(int, 1, 1_000_000), default=30,
                       help="training images per class (the paper: 30 Caltech-101, 60 Caltech-256)")
-    p_pr.add_argument("--splits", type=_positive_int, default=5, help="random train/test splits")
-    p_pr.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    p_pr.add_argument("--splits", type=_Checked(int, 1, 1000), default=5, help="random train/test splits")
+    p_pr.add_argument("--seed", type=_seed, default=0, help="seed of the splits")
     p_pr.add_argument("--test-cap", type=_positive_int, default=None,
                       help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
     p_pr.add_argument("--layers", type=_csv_names, default="conv1,conv2,conv3,conv4,conv5,fc6,fc7",
                       help="layers to probe, comma-separated, in order of depth")
     p_pr.add_argument("--classifiers", type=_csv_names, default="svm,softmax", help="svm and/or softmax")
-    p_pr.add_argument("--grid", type=_positive_int, default=4, help="conv maps are pooled to GRID x GRID")
+    p_pr.add_argument("--grid", type=_Checked(int, 1, 64), default=4, help="conv maps are pooled to GRID x GRID")
     p_pr.add_argument("--pool", default="avg", choices=("avg", "max"), help="pooling of the conv maps")
     p_pr.add_argument("--l2", type=_l2_arg, default=None,
                       help="classifiers' L2 penalty: a number, cv (3-fold cross-validation on the training "
@@ -389,16 +475,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"model the variants change: {', '.join(list_models())}")
     p_abl.add_argument("--variants", type=_csv_names, default=None,
                        help="comma-separated variants; the paper's nine rows when not given")
-    p_abl.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="epochs per variant")
-    p_abl.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per SGD step")
-    p_abl.add_argument("--lr", type=float, default=defaults.lr, help="initial learning rate")
-    p_abl.add_argument("--lr-patience", type=int, default=defaults.lr_patience,
+    p_abl.add_argument("--epochs", type=_Checked.of("TrainConfig", "epochs"), default=defaults.epochs,
+                       help="epochs per variant")
+    p_abl.add_argument("--batch-size", type=_Checked.of("TrainConfig", "batch_size"), default=defaults.batch_size,
+                       help="images per SGD step")
+    p_abl.add_argument("--lr", type=_Checked.of("TrainConfig", "lr"), default=defaults.lr, help="initial learning rate")
+    p_abl.add_argument("--lr-patience", type=_Checked.of("TrainConfig", "lr_patience"), default=defaults.lr_patience,
                        help="epochs without improvement before the lr drops")
-    p_abl.add_argument("--seed", type=int, default=0, help="seed of every variant's run")
+    p_abl.add_argument("--seed", type=_seed, default=0, help="seed of every variant's run")
     p_abl.add_argument("--weights", default="last", choices=("last", "best"),
                        help="weights evaluated: last epoch's, or lowest validation error's")
     p_abl.add_argument("--ten-crop", action="store_true", help="validation error over the paper's 10 crops")
-    p_abl.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
+    p_abl.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
     p_abl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_abl.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bars")
 
@@ -413,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_ens.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
     p_ens.add_argument("--weights", default="best", help="best, last or epoch-N")
     p_ens.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
-    p_ens.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p_ens.add_argument("--workers", type=int, default=None, help="data loading processes (default: cores - 1)")
+    p_ens.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
+    p_ens.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
     p_ens.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_ens.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -427,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/miniature.json and .md: whether each of the paper's three findings holds. Run the same "
         "command again to resume.")
     p_min.add_argument("--out", type=Path, required=True, help="the study's folder")
-    p_min.add_argument("--seed", type=int, default=0, help="seed of the data, the trainings and the splits")
-    p_min.add_argument("--workers", type=int, default=0, help="data loading processes of the trainings")
+    p_min.add_argument("--seed", type=_seed, default=0, help="seed of the data, the trainings and the splits")
+    p_min.add_argument("--workers", type=_workers, default=0, help="data loading processes of the trainings")
     p_min.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # report
@@ -470,7 +558,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     summary = write_synthetic(args.out, classes=args.classes, per_class=args.per_class,
                               val_per_class=args.val_per_class, seed=args.seed, size=args.size,
-                              class_set=args.class_set)
+                              class_set=args.class_set, overwrite=args.overwrite)
     counts = ", ".join(f"{n} {split}" for split, n in summary.counts.items())
     print(f"wrote {counts} images of {len(summary.classes)} classes to {summary.root}")
     return 0
@@ -488,18 +576,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    from ._validate import check_value
     from .errors import ZFNetError
     from .train import TrainConfig, load_config_file
-    from .train.checkpoint import RunFiles
+    from .train.checkpoint import RunFiles, check_resumable, load_run_config
 
     values: dict[str, Any] = {}
     saved: dict[str, Any] | None = None
     files = RunFiles(args.out)
+    if args.resume:
+        check_resumable(args.out)  # a missing folder or one that is not a run: say so, not "--data is required"
     if args.resume and files.config.is_file():
-        try:
-            saved = json.loads(files.config.read_text())
-        except ValueError as err:
-            raise ZFNetError(f"{files.config} is not valid JSON: {err}") from None
+        saved = load_run_config(files.config).to_json()  # every saved option checked by type and range
         values.update(saved)
     if args.config is not None:
         values.update(load_config_file(args.config))
@@ -509,8 +597,12 @@ def _train_config(args: argparse.Namespace):
     if args.model is not None:
         values["model"] = args.model
     if args.data is not None:
-        values["data"] = str(args.data)
-    options = dict(values.get("model_options", {}))
+        values["data"] = args.data
+    if isinstance(values.get("data"), (str, Path)):
+        # Stored resolved: the run resumes from any working directory, and --data may be given either way.
+        values["data"] = str(Path(values["data"]).expanduser().resolve())
+    options = dict(check_value(values.get("model_options", {}), dict[str, Any], "model_options",
+                               what="training option"))
     if args.remove is not None:
         options["removed"] = list(args.remove)
     if args.fc_width is not None:
@@ -522,19 +614,17 @@ def _train_config(args: argparse.Namespace):
     if args.dropout is not None:
         options["dropout"] = args.dropout
     values["model_options"] = options
-    values["out"] = str(args.out)
+    values["out"] = str(args.out.expanduser().resolve())
     if "data" not in values:
         raise ZFNetError("--data is required (the folder with train/ and val/)")
     if saved is not None:
+        if isinstance(saved.get("data"), str):
+            saved = {**saved, "data": str(Path(saved["data"]).expanduser().resolve())}
         for key in ("model", "model_options", "data", "seed", "layout"):
             if key in saved and values.get(key) != saved[key]:
                 raise ZFNetError(f"{args.out} was trained with {key}={saved[key]!r}; --resume cannot change it "
                                  f"to {values.get(key)!r}")
-    config = TrainConfig.from_json(values)
-    from .models import build
-
-    build(config.model, num_classes=2, **config.model_options)  # validate options before any work
-    return config
+    return TrainConfig.from_json(values)  # every option checked, the model's too (not built), before any work
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -604,16 +694,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, quick=args.quick)
     print(result)
     return 0
-
-
-def _csv_floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
 
 
 def _cmd_correspondence(args: argparse.Namespace) -> int:
@@ -727,19 +807,21 @@ def _l2_arg(text: str) -> float | str:
     if text == "cv":
         return text
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number or cv, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+    return _Checked(float, 0, 1e6, low_open=True)(text)
+
+
+_l2_arg.limits = _Checked(float, 0, 1e6, low_open=True).limits  # type: ignore[attr-defined]
+_l2_arg.value_type = float  # type: ignore[attr-defined]
 
 
 def _feature_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=Path, default=None,
                    help="feature cache folder, which transfer and probes can share; None: OUT/features")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="data loading processes; None: cores - 1")
+    p.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=_workers, default=None, help="data loading processes; None: cores - 1")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -793,15 +875,33 @@ _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "eva
              "report": _cmd_report, "demo": _cmd_demo}
 
 
+# Commands whose library function locks its output folder itself (it must first check the folder, as
+# train --resume does, or it is also called as a library, as the demo calls write_synthetic).
+_LOCK_THEMSELVES = ("train", "demo", "data", "report")
+
+
+def _output_folder(args: argparse.Namespace) -> Path | None:
+    """The folder the command writes, which main holds locked while it runs; None: no folder, or locked inside."""
+    if args.command in _LOCK_THEMSELVES or args.command in ("models", "evaluate"):
+        return None  # evaluate writes one file (--json), atomically
+    out = getattr(args, "out", None)
+    return out if isinstance(out, Path) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``zfnet`` command line; returns the exit status."""
+    from contextlib import nullcontext
+
+    from ._io import folder_lock
     from .errors import TrainingDiverged, ZFNetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        return _COMMANDS[args.command](args)
+        folder = _output_folder(args)
+        with folder_lock(folder) if folder is not None else nullcontext():
+            return _COMMANDS[args.command](args)
     except (ZFNetError, ValueError, OSError) as err:
         # Bad input (ZFNetError and the ValueErrors of argument checks) and file-system refusals
         # (a missing or unwritable path) are the user's to fix: one line, no traceback.

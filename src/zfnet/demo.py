@@ -16,7 +16,8 @@ Stages, each skipped when a previous (interrupted) demo in the same folder finis
 9. ``report/index.html``: the offline report of everything above.
 
 ``DIR/demo.json`` marks the folder as a demo's, so a re-run resumes it and a foreign non-empty
-folder is refused rather than written into.
+folder is refused rather than written into. The demo holds ``DIR``'s lock
+(:func:`zfnet._io.folder_lock`) while it runs: a second demo into the same folder is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import atomic_write_json
+from ._io import atomic_write_json, folder_entries, folder_lock
 from .errors import ZFNetError
 
 __all__ = ["run_demo", "DemoResult", "DemoPlan", "PLANS"]
@@ -105,27 +106,20 @@ class DemoResult:
 
 
 def _prepare_out(out: Path, plan_name: str) -> None:
+    """Check the demo folder (locked, so it exists) and mark it as a demo's."""
     marker = out / MARKER
-    if out.exists():
-        if not out.is_dir():
-            raise ZFNetError(f"--out {out} is a file, not a folder")
-        if marker.is_file():
-            try:
-                saved = json.loads(marker.read_text())
-            except ValueError:
-                saved = {}
-            if saved.get("plan") not in (None, plan_name):
-                raise ZFNetError(f"{out} holds a demo made with plan {saved.get('plan')!r}; "
-                                 f"use another --out for plan {plan_name!r}")
-        elif any(out.iterdir()):
-            raise ZFNetError(f"--out {out} is not empty and is not a zfnet demo folder; choose an empty or new folder")
-        if not os.access(out, os.W_OK):
-            raise ZFNetError(f"--out {out} is not writable")
-    else:
+    if marker.is_file():
         try:
-            out.mkdir(parents=True)
-        except OSError as err:
-            raise ZFNetError(f"cannot create --out {out}: {err.strerror}") from None
+            saved = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        plan = saved.get("plan") if isinstance(saved, dict) else None
+        if plan not in (None, plan_name):
+            raise ZFNetError(f"{out} holds a demo made with plan {plan!r}; use another --out for plan {plan_name!r}")
+    elif folder_entries(out):
+        raise ZFNetError(f"--out {out} is not empty and is not a zfnet demo folder; choose an empty or new folder")
+    if not os.access(out, os.W_OK):
+        raise ZFNetError(f"--out {out} is not writable")
     atomic_write_json(marker, {"format": "zfnet-demo", "plan": plan_name})
 
 
@@ -140,23 +134,32 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
 
     Raises:
         ZFNetError: ``out`` is a foreign non-empty folder, a file, or not writable.
+        FolderInUse: another process is writing ``out``.
     """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ZFNetError(f"--out {out} is a file, not a folder")
+    with folder_lock(out):
+        return _run_demo(out, quick, show_progress, seed)
+
+
+def _run_demo(out: Path, quick: bool, show_progress: bool, seed: int) -> DemoResult:
     from .data.synthetic import write_synthetic
     from .train import TrainConfig, evaluate_runs, train
-    from .train.checkpoint import RunFiles
+    from .train.checkpoint import RunFiles, is_run_dir
 
     t0 = time.perf_counter()
     plan_name = "quick" if quick else "full"
     plan = PLANS[plan_name]
-    out = Path(out)
     _prepare_out(out, plan_name)
     stages: list[str] = []
 
     data = out / "data"
     if not (data / "annotations.json").is_file():
         log.info("[1/%d] writing the synthetic data set to %s", STAGES, data)
+        # overwrite: the set of a demo killed while writing it
         write_synthetic(data, classes=plan.classes, per_class=plan.per_class, val_per_class=plan.val_per_class,
-                        seed=seed, size=plan.image_size, progress=show_progress)
+                        seed=seed, size=plan.image_size, progress=show_progress, overwrite=True)
         stages.append("data")
     else:
         log.info("[1/%d] synthetic data set already in %s", STAGES, data)
@@ -177,7 +180,7 @@ def run_demo(out: str | Path, *, quick: bool = False, show_progress: bool = True
         config = TrainConfig(data=str(data), out=str(run), model=model, epochs=plan.epochs,
                              batch_size=plan.batch_size, lr_patience=plan.lr_patience,
                              snapshots=plan.snapshots, seed=seed, workers=0)
-        train(config, resume=run.exists(), show_progress=show_progress)
+        train(config, resume=is_run_dir(run), show_progress=show_progress)
         stages.append(f"train {run_name}")
 
     evaluation_path = out / "evaluation.json"
@@ -257,7 +260,8 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
         secondary = out / "secondary"
         if not (secondary / "annotations.json").is_file():
             write_synthetic(secondary, classes=plan.classes, per_class=plan.secondary_per_class, val_per_class=1,
-                            seed=seed, size=plan.image_size, class_set="secondary", progress=show_progress)
+                            seed=seed, size=plan.image_size, class_set="secondary", progress=show_progress,
+                            overwrite=True)
         # The probes run before the transfer, which writes transfer.json (the stage's mark) last.
         transfer_study(zfnet, secondary, out / "transfer", per_class=plan.transfer_per_class,
                        splits=plan.transfer_splits, probe_per_class=max(plan.transfer_per_class), seed=seed,

@@ -64,18 +64,18 @@ def test_bad_files_are_skipped_with_a_warning_each(tmp_path, caplog):
     data = good.read_bytes()
     (root / "train" / "disc" / "truncated.png").write_bytes(data[: len(data) // 2])
     (root / "train" / "disc" / "notes.txt").write_text("ignored")
-    (root / "train" / "empty_class").mkdir()
     with caplog.at_level(logging.WARNING, logger="zfnet"):
         ds = open_dataset(root, "train", 32)
         stream = ImageStream(ds, workers=0, cache="memory", show_progress=False)
         batches = list(stream.batches(range(len(ds)), 5))
-    assert ds.classes == ["bar", "disc", "empty_class"]
+    assert ds.classes == ["bar", "disc"]
     assert sum(len(b.images) for b in batches) == 8
     assert set(stream.bad_files) == {"train/bar/empty.jpg", "train/bar/text.png", "train/disc/truncated.png"}
-    assert stream.bad_files["train/bar/empty.jpg"] == "empty file"
+    assert stream.bad_files["train/bar/empty.jpg"] == "is an empty file"  # found by the listing
+    assert "truncated or corrupt" in stream.bad_files["train/disc/truncated.png"]
     assert ds[[p.name for p, _ in ds.samples].index("text.png")][3][0] == "train/bar/text.png"
     text = caplog.text
-    for name in ("empty.jpg", "text.png", "truncated.png", "notes.txt", "empty_class"):
+    for name in ("empty.jpg", "text.png", "truncated.png", "notes.txt"):
         assert name in text
     # streaming (no cache, two workers) skips the same files and keeps the rest in order
     ds2 = open_dataset(root, "train", 32)
@@ -83,6 +83,26 @@ def test_bad_files_are_skipped_with_a_warning_each(tmp_path, caplog):
     kept = torch.cat([b.indices for b in streamed]).tolist()
     assert kept == torch.cat([b.indices for b in batches]).tolist()
     assert set(ds2.bad_files) == set(stream.bad_files)
+
+
+def test_an_empty_class_folder_is_refused_in_training_and_a_warning_in_val(tmp_path, caplog):
+    root = make_tree(tmp_path / "d", classes=2, per_class=2, val_per_class=1)
+    (root / "train" / "empty_class").mkdir()
+    (root / "train" / "empty_class" / "notes.txt").write_text("no image here")
+    # It would be an output class the model never sees.
+    with pytest.raises(DataError, match="train/empty_class holds no images.*never sees"):
+        open_dataset(root, "train", 32)
+    (root / "train" / "empty_class" / "0.png").symlink_to(root / "nowhere.png")  # named like one, not one
+    with pytest.raises(DataError, match="empty_class holds no images"):
+        open_dataset(root, "train", 32)
+    (root / "train" / "empty_class" / "0.png").unlink()
+    draw("disc", np.random.default_rng(0), 32).save(root / "train" / "empty_class" / "1.png")
+    train = open_dataset(root, "train", 32)
+    assert train.classes == ["bar", "disc", "empty_class"]
+    # In a split whose classes are given, a class without images is only a warning.
+    with caplog.at_level(logging.WARNING, logger="zfnet"):
+        val = open_dataset(root, "val", 32, classes=train.classes)
+    assert sorted(set(val.targets)) == [0, 1] and "empty_class" in caplog.text
 
 
 def test_imagenet_layout_with_class_folders_and_flat_val(tmp_path):

@@ -154,7 +154,8 @@ def test_write_synthetic_layout_and_annotations(tmp_path):
                 assert entry["box"] == list(again.box)
                 assert entry["parts"] == {k: list(v) for k, v in again.parts.items()}
                 assert (set(entry["parts"]) == set(PART_NAMES)) == (name == "face")
-    assert not list(tmp_path.glob(".synth.*")), "staging folder left behind"
+    assert sorted(p.name for p in out.iterdir()) == ["annotations.json", "masks", "train", "val"], \
+        "staging folder or lock left behind"
 
 
 def test_write_synthetic_is_byte_identical_per_seed_and_reruns_cleanly(tmp_path):
@@ -166,8 +167,11 @@ def test_write_synthetic_is_byte_identical_per_seed_and_reruns_cleanly(tmp_path)
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a if k.startswith("train/"))
 
-    # A second run into the same folder replaces the first: no stale images survive.
-    write_synthetic(tmp_path / "a", seed=5, **{**kwargs, "per_class": 1, "val_per_class": 0})
+    # A second run into the same folder replaces the first when asked to: no stale images survive.
+    with pytest.raises(ValueError, match="already holds a synthetic data set; pass --overwrite"):
+        write_synthetic(tmp_path / "a", seed=5, **{**kwargs, "per_class": 1, "val_per_class": 0})
+    assert _tree_bytes(tmp_path / "a") == a
+    write_synthetic(tmp_path / "a", seed=5, **{**kwargs, "per_class": 1, "val_per_class": 0}, overwrite=True)
     left = _tree_bytes(tmp_path / "a")
     assert sorted(k for k in left if k.endswith(".png") and not k.startswith("masks/")) == [
         f"train/{n}/00000.png" for n in SECONDARY_CLASSES[:2]
@@ -188,9 +192,92 @@ def test_write_synthetic_keeps_a_folder_it_did_not_write(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a synthetic data set"):
-        write_synthetic(out, classes=1, per_class=1, size=32, progress=False)
-    assert (out / "notes.txt").read_text() == "keep me"
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not a zfnet synthetic data set"):
+            write_synthetic(out, classes=1, per_class=1, size=32, progress=False, overwrite=overwrite)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_only_the_files_zfnet_wrote(tmp_path):
+    out = tmp_path / "synth"
+    write_synthetic(out, classes=3, per_class=2, val_per_class=1, size=32, progress=False)
+    added = {"README.md": b"my notes", "train/arrow/mine.png": b"my own arrow", "extra/x.bin": b"\x00"}
+    for rel, data in added.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    with pytest.raises(ValueError, match=r"already holds a synthetic data set and files zfnet did not write.*"
+                                         r"README.md.*--overwrite"):
+        write_synthetic(out, classes=2, per_class=1, val_per_class=1, size=32, progress=False)
+    # Fewer classes and images: the set's own files that the new one lacks go, the user's stay.
+    write_synthetic(out, classes=2, per_class=1, val_per_class=1, size=32, progress=False, overwrite=True)
+    for rel, data in added.items():
+        assert (out / rel).read_bytes() == data
+    ann = json.loads((out / "annotations.json").read_text())
+    assert sorted(ann["images"]) == ["train/arrow/00000.png", "train/crescent/00000.png",
+                                     "val/arrow/00000.png", "val/crescent/00000.png"]
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert pngs == sorted([*ann["images"], *(e["mask"] for e in ann["images"].values()), "train/arrow/mine.png"])
+    assert not (out / "train" / "cross").exists() and not (out / "masks" / "val" / "cross").exists()
+    assert synthetic.written_files(out) == {"annotations.json", *pngs} - {"train/arrow/mine.png"}
+
+
+def test_a_users_file_with_a_name_the_new_set_needs_is_refused(tmp_path):
+    out = tmp_path / "synth"
+    write_synthetic(out, classes=1, per_class=1, val_per_class=0, size=32, progress=False)
+    (out / "train" / "arrow" / "00001.png").write_bytes(b"the user's")
+    with pytest.raises(ValueError, match="00001.png was not written by zfnet"):
+        write_synthetic(out, classes=1, per_class=2, val_per_class=0, size=32, progress=False, overwrite=True)
+    assert (out / "train" / "arrow" / "00001.png").read_bytes() == b"the user's"
+
+
+def test_a_crafted_manifest_cannot_delete_outside_the_set(tmp_path):
+    out = tmp_path / "synth"
+    write_synthetic(out, classes=1, per_class=1, val_per_class=0, size=32, progress=False)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("outside")
+    ann = json.loads((out / "annotations.json").read_text())
+    ann["images"]["../victim.txt"] = {"mask": str(victim)}
+    (out / "annotations.json").write_text(json.dumps(ann))
+    write_synthetic(out, classes=1, per_class=1, val_per_class=0, size=32, progress=False, overwrite=True)
+    assert victim.read_text() == "outside"
+
+
+def test_a_set_killed_while_replacing_another_is_still_recognised(tmp_path, monkeypatch):
+    out = tmp_path / "synth"
+    write_synthetic(out, classes=2, per_class=2, val_per_class=1, size=32, progress=False)
+    real_replace, moved = synthetic.os.replace, []
+
+    def killed_after_three(src, dst):
+        if len(moved) == 3:
+            raise KeyboardInterrupt  # the process dies half-way through moving the new files in
+        moved.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(synthetic.os, "replace", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic(out, classes=2, per_class=3, val_per_class=1, size=32, seed=1, progress=False, overwrite=True)
+    monkeypatch.setattr(synthetic.os, "replace", real_replace)
+    # No annotations.json: a half-replaced set is never taken for a finished one, yet it is zfnet's.
+    assert not (out / "annotations.json").exists()
+    with pytest.raises(ValueError, match="already holds a synthetic data set; pass --overwrite"):
+        write_synthetic(out, classes=2, per_class=3, val_per_class=1, size=32, seed=1, progress=False)
+    write_synthetic(out, classes=2, per_class=3, val_per_class=1, size=32, seed=1, progress=False, overwrite=True)
+    fresh = write_synthetic(tmp_path / "fresh", classes=2, per_class=3, val_per_class=1, size=32, seed=1,
+                            progress=False)
+    assert _tree_bytes(out) == _tree_bytes(fresh.root)
+
+
+def test_data_synth_command_refuses_an_existing_folder_without_overwrite(tmp_path, capsys):
+    from zfnet.cli import main
+
+    out = tmp_path / "synth"
+    args = ["data", "synth", str(out), "--classes", "1", "--per-class", "1", "--size", "32"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    assert main([*args, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize(("kwargs", "bad"), [

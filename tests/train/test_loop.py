@@ -71,18 +71,108 @@ def test_refuses_to_overwrite_a_run(tiny_tree, tmp_path):
         train(_config(tiny_tree, tmp_path / "absent"), resume=True, show_progress=False)
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tree, tmp_path):
+def _every_checkpoint_is_finite(run):
+    """Every weights file and training state on disk, read back: all finite."""
+    from zfnet.train.checkpoint import first_nonfinite, load_state
+
+    found = sorted(run.rglob("*.safetensors")) + sorted(run.rglob("*.pt"))
+    for path in found:
+        if path.suffix == ".pt":
+            state = load_state(path)
+            tensors = {"model": state["model"], "optimizer": state["optimizer"]}  # the scheduler's inf is its own
+        else:
+            tensors = _weights(path)
+        assert first_nonfinite(tensors) is None, path
+    return [p.relative_to(run).as_posix() for p in found]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tree, tmp_path, monkeypatch):
+    from zfnet.train import loop
+
     run = tmp_path / "run"
     train(_config(tiny_tree, run, epochs=1), show_progress=False)
     before = _weights(run / "last.safetensors")
     state_before = (run / "last.pt").read_bytes()
-    # Resume with an absurd learning rate: the weights blow up within the next epoch.
-    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf).*epoch 2.*last good checkpoint.*epoch 1"):
-        train(_config(tiny_tree, run, epochs=3, lr=1e12, max_filter_rms=0), resume=True, show_progress=False)
+    # Epoch 2's second batch holds absurd values: its loss is not finite.
+    real_crops, calls = loop.random_crops, []
+
+    def huge_second_batch(*args, **kw):
+        calls.append(1)
+        x = real_crops(*args, **kw)
+        return x * 1e38 * 1e38 if len(calls) == 2 else x
+
+    monkeypatch.setattr(loop, "random_crops", huge_second_batch)
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf).*batch 2.*epoch 2.*last good checkpoint.*epoch 1"):
+        train(_config(tiny_tree, run, epochs=3), resume=True, show_progress=False)
     after = _weights(run / "last.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (run / "last.pt").read_bytes() == state_before
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_blow_up_on_an_epochs_last_step_reaches_no_file(tiny_tree, tmp_path, monkeypatch, capsys):
+    # 24 training images in batches of 8: 3 steps an epoch. The update of epoch 2's last step (the
+    # 6th) makes a weight infinite; no later loss shows it, so only a check of the weights can.
+    from zfnet.cli import main
+    from zfnet.train import loop
+
+    real_renorm, steps = loop.renormalize_filters_, []
+
+    def blow_up_on_step_6(model, *args, **kw):
+        steps.append(1)
+        real_renorm(model, *args, **kw)
+        if len(steps) == 6:
+            with torch.no_grad():
+                model.fc8.weight[0, 0] = float("inf")
+
+    monkeypatch.setattr(loop, "renormalize_filters_", blow_up_on_step_6)
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--epochs", "3", "--batch-size", "8",
+                 "--workers", "0", "--snapshots", "1,2,3", "--lr-patience", "5", "--out", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "epoch 2" in err and "NaN or infinite" in err and f"last good checkpoint ({run / 'last.pt'}, epoch 1)" in err
+    # Nothing of epoch 2 was saved or judged: every file on disk is epoch 1's, and finite.
+    assert _every_checkpoint_is_finite(run) == ["best.safetensors", "last.safetensors", "mean.safetensors",
+                                                 "snapshots/epoch-001.safetensors", "last.pt"]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert load_weights(run / "last.safetensors")[1]["epoch"] == 1
+    # The run resumes from that checkpoint.
+    monkeypatch.setattr(loop, "renormalize_filters_", real_renorm)
+    result = train(_config(tiny_tree, run, epochs=2, snapshots=(1, 2, 3)), resume=True, show_progress=False)
+    assert [r["epoch"] for r in result.metrics] == [1, 2]
+
+
+def test_non_finite_weights_and_optimiser_state_are_never_written(tmp_path):
+    from zfnet.models import build
+    from zfnet.train.checkpoint import save_state, save_weights
+
+    model = build("zfnet-tiny", num_classes=3)
+    with torch.no_grad():
+        model.conv1.conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="conv1.conv.weight"):
+        save_weights(tmp_path / "w.safetensors", model, {"model": "zfnet-tiny", "num_classes": 3})
+    good = build("zfnet-tiny", num_classes=3)
+    optimiser = {"state": {0: {"momentum_buffer": torch.tensor([1.0, float("inf")])}}, "param_groups": []}
+    with pytest.raises(TrainingDiverged, match="optimiser state"):
+        save_state(tmp_path / "s.pt", {"epoch": 1, "model": good.state_dict(), "optimizer": optimiser})
+    assert list(tmp_path.iterdir()) == []  # not even a temporary file
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-1", "1e12"])
+def test_an_absurd_learning_rate_is_refused_before_anything_is_written(tiny_tree, tmp_path, capsys, lr):
+    from zfnet.cli import main
+
+    run = tmp_path / "run"
+    try:
+        code = main(["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--lr", lr, "--out", str(run)])
+    except SystemExit as exc:  # refused by the flag's own check
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "lr" in err, err
+    assert not run.exists()
+    with pytest.raises(ZFNetError):
+        _config(tiny_tree, run, lr=float(lr))
 
 
 def test_lr_drops_on_plateau_and_is_logged(tiny_tree, tmp_path, caplog, monkeypatch):

@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text, folder_entries
 from ..errors import ZFNetError
 
 __all__ = [
@@ -377,7 +377,7 @@ def run_variant(config, *, show_progress: bool = True) -> bool:
         ZFNetError: the folder holds a run made with other settings, or with more epochs than asked.
     """
     from ..train import train
-    from ..train.checkpoint import RunFiles
+    from ..train.checkpoint import RunFiles, is_run_dir
 
     run = Path(config.out)
     files = RunFiles(run)
@@ -387,6 +387,9 @@ def run_variant(config, *, show_progress: bool = True) -> bool:
         except ValueError as err:
             raise ZFNetError(f"{files.config} is not valid JSON: {err}") from None
         wanted = config.to_json()
+        if isinstance(saved.get("data"), str):  # a run stores its data folder resolved
+            saved["data"] = str(Path(saved["data"]).expanduser().resolve())
+            wanted["data"] = str(Path(wanted["data"]).expanduser().resolve())
         for key in _IDENTITY:
             if key in saved and saved[key] != wanted[key]:
                 raise ZFNetError(f"{run} was trained with {key}={saved[key]!r}, not {wanted[key]!r}; "
@@ -397,7 +400,7 @@ def run_variant(config, *, show_progress: bool = True) -> bool:
                          f"use --epochs {done} or another --out")
     if done == config.epochs:
         return False
-    train(config, resume=run.exists(), show_progress=show_progress)
+    train(config, resume=is_run_dir(run), show_progress=show_progress)
     return True
 
 
@@ -406,7 +409,7 @@ def _prepare_out(out: Path) -> None:
         if not out.is_dir():
             raise ZFNetError(f"--out {out} is a file, not a folder")
         ours = (out / "runs").is_dir() or (out / "ablation.json").is_file()
-        if not ours and any(out.iterdir()):
+        if not ours and folder_entries(out):
             raise ZFNetError(f"--out {out} is not empty and holds no ablation study; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,18 +154,12 @@ def run_architecture(run: str | Path, weights: str = "best") -> str:
         >>> run_architecture("runs/zfnet")  # doctest: +SKIP
         'zfnet-cpu'
     """
-    from safetensors import SafetensorError, safe_open
-
-    from ..train.checkpoint import RunFiles
+    from ..train.checkpoint import RunFiles, read_weights_metadata
 
     path = Path(run)
     if not (path.is_file() and path.suffix == ".safetensors"):
         path = RunFiles(path).weights(weights)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ZFNetError(f"cannot read {path}: {str(err)[:200]}") from None
+    meta = read_weights_metadata(path)  # every key checked by type and range
     name = str(meta.get("model", "unknown"))
     options = meta.get("model_options") or {}
     if options:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from .._io import atomic_write_json
 from ..data.folders import open_dataset
+from ..data.images import image_size
 from ..data.transforms import Normalization, center_crop, load_image
 from ..errors import ZFNetError
 from ..train.checkpoint import LoadedRun, load_run
@@ -215,12 +215,8 @@ def correspondence_job(run: str | Path | LoadedRun, data: str | Path, out: str |
     pixels, part_boxes, object_boxes = [], {p: [] for p in parts}, []
     for rel in chosen:
         path = data / rel
-        try:
-            with Image.open(path) as img:
-                file_size = img.size
-            pixels.append(load_image(path, base))
-        except (OSError, ValueError) as err:
-            raise ZFNetError(f"cannot read {path}: {err}") from None
+        file_size = image_size(path)  # ImageError (one line) when it cannot be read by zfnet's rules
+        pixels.append(load_image(path, base))
         for p in parts:
             part_boxes[p].append(map_box(entries[rel]["parts"][p], file_size, base, size))
         box = entries[rel]["box"]

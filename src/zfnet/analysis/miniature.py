@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._io import folder_entries
 from ..data.synthetic import write_synthetic
 from ..errors import ZFNetError
 from .ablation import MINIATURE, MINIATURE_DATA, ablation_study
@@ -64,7 +65,7 @@ def _data(path: Path, spec: dict[str, Any], class_set: str, seed: int, show_prog
     if not (path / "annotations.json").is_file():
         write_synthetic(path, classes=spec["classes"], per_class=spec["per_class"],
                         val_per_class=spec["val_per_class"], size=spec["size"], seed=seed, class_set=class_set,
-                        progress=show_progress)
+                        progress=show_progress, overwrite=True)  # overwrite: a set killed while written
     return path
 
 
@@ -146,7 +147,7 @@ def miniature_study(out: str | Path, *, seed: int = 0, data: dict[str, Any] | No
     if missing:
         raise ZFNetError(f"the miniature needs the ablation variants {', '.join(sorted(missing))}")
     ours = ("primary", "ablation", "secondary", "transfer", "miniature.json")
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+    if folder_entries(out) and not any((out / name).exists() for name in ours):
         raise ZFNetError(f"{out} is not empty and holds no miniature study; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}

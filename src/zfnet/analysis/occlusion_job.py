@@ -18,8 +18,9 @@ import torch
 
 from .._io import atomic_write_json
 from ..data.folders import open_dataset
+from ..data.images import image_problem, image_size
 from ..data.transforms import center_crop, load_image
-from ..errors import ZFNetError
+from ..errors import ImageError, ZFNetError
 from ..progress import progress
 from ..train.checkpoint import LoadedRun, load_run
 from ..visualize.deconvnet import Deconvnet
@@ -71,19 +72,16 @@ class _Boxes:
         entry = self.files[file].get(rel)
         if not entry or entry.get("box") is None:
             return None
-        from PIL import Image
-
-        with Image.open(path) as img:
-            size = img.size
-        return map_box(entry["box"], size, self.base, self.crop)
+        return map_box(entry["box"], image_size(path), self.base, self.crop)
 
 
 def _input(loaded: LoadedRun, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(model input (3, S, S), displayed crop (3, S, S) uint8) of an image file."""
-    try:
-        img = load_image(path, loaded.base_size)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ZFNetError(f"cannot read image {path}: {err}") from None
+    """(model input (3, S, S), displayed crop (3, S, S) uint8) of an image file.
+
+    Raises:
+        ImageError: the file cannot be read by zfnet's image rules (see :mod:`zfnet.data.images`).
+    """
+    img = load_image(path, loaded.base_size)
     device = next(loaded.model.parameters()).device
     x = center_crop(loaded.normalize(img[None]), loaded.input_size)[0].to(device)
     return x, center_crop(img[None], loaded.input_size)[0]
@@ -148,6 +146,7 @@ def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str =
     Returns:
         ``{"images": correctly classified images scored, "hits", "fraction": hits / images,
         "strict_hits", "strict_fraction", "tolerance", "skipped_wrong": misclassified images,
+        "skipped_unreadable": files of the split skipped as unreadable (named in warnings),
         "distances": per scored image, pixels from the point to the box (0 inside), "window", "stride"}``.
 
     Raises:
@@ -173,10 +172,14 @@ def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str =
         for index in order:
             path, label = dataset.samples[index]
             bar.update(1)
-            box = boxes.of(path)
-            if box is None:
+            try:
+                box = boxes.of(path)
+                if box is None:
+                    continue
+                x, _ = _input(loaded, path)
+            except ImageError as err:  # skipped and reported, as every data set's unreadable files are
+                dataset.note_bad([(dataset.display_path(path), err.reason)])
                 continue
-            x, _ = _input(loaded, path)
             with torch.no_grad():
                 if int(model(x[None]).argmax()) != label:
                     wrong += 1
@@ -188,7 +191,8 @@ def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str =
     strict = sum(d == 0 for d in distances)
     return {"images": scored, "hits": hits, "fraction": hits / scored if scored else None,
             "strict_hits": strict, "strict_fraction": strict / scored if scored else None, "tolerance": tolerance,
-            "skipped_wrong": wrong, "distances": [round(d, 2) for d in distances], "window": window,
+            "skipped_wrong": wrong, "skipped_unreadable": len(dataset.bad_files),
+            "distances": [round(d, 2) for d in distances], "window": window,
             "stride": stride, "split": split, "mode": mode}
 
 
@@ -258,25 +262,46 @@ def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Seque
     if window > loaded.input_size:
         raise ZFNetError(f"the occluder ({window} px) is larger than the model's input ({loaded.input_size} px)")
     paths = [Path(p) for p in images]
-    for p in paths:
-        if not p.is_file():
-            raise ZFNetError(f"image {p} does not exist")
-    if data is not None and not paths:
+    for p in paths:  # each given image by the one set of rules, before anything is computed or written
+        problem = image_problem(p)
+        if problem is not None:
+            raise ImageError(p, problem)
+    boxes = _Boxes(loaded.base_size, loaded.input_size)
+    if paths:
+        inputs = [_input(loaded, p) for p in paths]
+        for p in paths:
+            boxes.of(p)
+    else:
         dataset = open_dataset(data, split, loaded.base_size, classes=loaded.classes)
         per_class: dict[int, list[int]] = {}
         for i, y in enumerate(dataset.targets):
             per_class.setdefault(y, []).append(i)
         g = torch.Generator().manual_seed(seed)
-        chosen = [v[int(torch.randint(len(v), (1,), generator=g))] for _, v in sorted(per_class.items())]
-        paths = [dataset.samples[i][0] for i in chosen[:n_images]]
+        inputs = []
+        for _, members in sorted(per_class.items()):
+            if len(paths) == n_images:
+                break
+            # The seeded choice, or the next readable image of the class when it cannot be read.
+            first = int(torch.randint(len(members), (1,), generator=g))
+            for k in range(len(members)):
+                path = dataset.samples[members[(first + k) % len(members)]][0]
+                try:
+                    pair = _input(loaded, path)
+                    boxes.of(path)
+                except ImageError as err:
+                    dataset.note_bad([(dataset.display_path(path), err.reason)])
+                    continue
+                inputs.append(pair)
+                paths.append(path)
+                break
+        if not paths:
+            raise ZFNetError(f"no readable image in {Path(data) / split}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    boxes = _Boxes(loaded.base_size, loaded.input_size)
     records = []
     bar = progress(total=len(paths), desc="occlusion", unit="img", enabled=show_progress)
     with bar:
-        for n, path in enumerate(paths):
-            x, shown = _input(loaded, path)
+        for n, (path, (x, shown)) in enumerate(zip(paths, inputs)):
             cls, label = _target(loaded, path, target, x)
             result = occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap,
                                tol=tol, batch_size=batch_size)

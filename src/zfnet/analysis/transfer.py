@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_write, atomic_write_json, atomic_write_text
+from .._validate import check_fields, limits
 from ..data.caltech import TEST_CAPS, open_caltech101, open_caltech256, per_class_accuracy, sample_splits
 from ..data.folders import ImageFolder, open_dataset
 from ..data.loader import ImageStream
@@ -53,6 +54,7 @@ from ..errors import DataError, ZFNetError
 from ..models import build, renormalize_filters_
 from ..models._fast import prepare_for_speed
 from ..progress import progress
+from ..train.config import TrainConfig
 from .features import FeatureSet, extract_features
 
 __all__ = [
@@ -326,6 +328,9 @@ def fit_and_score(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
 
 
 # ------------------------------------------------------------------------------- from-scratch baseline
+_TRAIN_LIMITS = {f.name: dict(f.metadata) for f in fields(TrainConfig)}
+
+
 @dataclass(frozen=True)
 class ScratchRecipe:
     """How the from-scratch baseline is trained: the paper's recipe for a fixed number of SGD steps.
@@ -341,19 +346,16 @@ class ScratchRecipe:
         drop_at: fraction of the steps after which the learning rate is divided by 10.
     """
 
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    max_filter_rms: float = 0.1
-    drop_at: float = 0.75
+    steps: int = field(default=300, metadata=limits(1, 10_000_000))
+    batch_size: int = field(default=32, metadata=_TRAIN_LIMITS["batch_size"])
+    lr: float = field(default=1e-2, metadata=_TRAIN_LIMITS["lr"])
+    momentum: float = field(default=0.9, metadata=_TRAIN_LIMITS["momentum"])
+    weight_decay: float = field(default=5e-4, metadata=_TRAIN_LIMITS["weight_decay"])
+    max_filter_rms: float = field(default=0.1, metadata=_TRAIN_LIMITS["max_filter_rms"])
+    drop_at: float = field(default=0.75, metadata=limits(0, 1, low_open=True))
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ZFNetError(f"steps and batch size must be at least 1, got {self.steps} and {self.batch_size}")
-        if not self.lr > 0 or not 0 < self.drop_at <= 1:
-            raise ZFNetError(f"lr must be positive and drop_at in (0, 1], got {self.lr} and {self.drop_at}")
+        check_fields(self, "from-scratch recipe option")  # types and ranges, TrainConfig's where they are its
 
 
 def train_from_scratch(model_name: str, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,

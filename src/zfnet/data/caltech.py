@@ -12,7 +12,8 @@ mean of the per-class accuracies over several such splits. :func:`sample_splits`
 seed, so every split can be made again.
 
 Only the files directly inside a class folder count (a few Caltech-256 folders hold a sub-folder of
-duplicates).
+duplicates). Files are listed and read by the rules of :mod:`zfnet.data.images`; a class folder with
+no image is refused (it would be a class never trained on nor tested).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .folders import IMAGE_EXTENSIONS, ImageFolder
+from .folders import ImageFolder
+from .images import scan_images
 
 __all__ = [
     "CALTECH101_FOLDER", "CALTECH256_FOLDER", "CALTECH101_BACKGROUND", "CALTECH256_CLUTTER", "TEST_CAPS",
@@ -54,25 +56,28 @@ def _category_root(root: str | Path, folder: str) -> Path:
     raise DataError(f"{root} holds no {folder}/ folder")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def _class_folders(category_root: Path) -> list[Path]:
     return sorted(p for p in category_root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _build(category_root: Path, folders: Sequence[Path], names: Sequence[str], size: int) -> ImageFolder:
     samples: list[tuple[Path, int]] = []
+    skipped: list[tuple[Path, str]] = []
+    empty = []
     for label, folder in enumerate(folders):
-        images = _images_in(folder)
+        images, bad, _ = scan_images(folder, recursive=False)
+        skipped += bad
         if not images:
-            log.warning("class folder %s holds no images", folder.name)
+            empty.append(folder.name)
         samples.extend((p, label) for p in images)
-    if not samples:
+    if len(empty) == len(folders):
         raise DataError(f"no images found in {category_root}")
-    return ImageFolder(samples, [f.name for f in folders], size, root=category_root, class_names=names)
+    if empty:
+        # A class with no image would be an output class never trained on nor tested.
+        raise DataError(f"class folder {category_root / empty[0]} holds no images"
+                        f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; remove it or add images")
+    return ImageFolder(samples, [f.name for f in folders], size, root=category_root, class_names=names,
+                       skipped=skipped)
 
 
 def open_caltech101(root: str | Path, size: int, *, include_background: bool = False) -> ImageFolder:

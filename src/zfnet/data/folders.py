@@ -6,8 +6,14 @@
   ``LOC_val_solution.csv`` (``ImageId,PredictionString``). ``LOC_synset_mapping.txt``, if present,
   gives the classes' readable names.
 
-Files are read lazily. A file that cannot be read (empty, truncated, not an image) never stops a run:
-it is skipped with a warning naming it, and counted (:attr:`ImageFolder.bad_files`).
+Files are read lazily, by the rules of :mod:`zfnet.data.images`. A file that cannot be read (empty,
+truncated, not an image, a decompression bomb) never stops a run: it is skipped with a warning naming
+it, and counted (:attr:`ImageFolder.bad_files`); so is an entry named like an image that is not a
+regular file (a folder ``x.jpg``, a dangling link, a link loop, a FIFO), found when the folder is listed.
+
+An empty class folder is refused when the classes come from the folders (a training split): it would
+become an output class the model never sees. In a split whose classes are given (``val``, with the
+training set's), a class may have no images; that is a warning.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, ImageError
+from .images import IMAGE_EXTENSIONS, scan_images
 from .transforms import load_image
 
 __all__ = [
@@ -31,12 +37,7 @@ __all__ = [
 
 log = logging.getLogger("zfnet")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 LAYOUTS = ("auto", "folders", "imagenet")
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _visible(path: Path) -> bool:
@@ -71,19 +72,28 @@ class ImageFolder(Dataset):
         size: base size the images are resized and centre-cropped to.
         root: folder the paths are shown relative to in messages.
 
+        skipped: ``(path, reason)`` of entries the listing found named like images but unusable (a
+            folder ``x.jpg``, a dangling link, a FIFO): warned about here and counted in ``bad_files``.
+
     ``dataset[i]`` is ``(image (3, size, size) uint8 or None, label, index, problem)``; when the file
     cannot be read, ``image`` is ``None`` and ``problem`` is ``(path, reason)``, else ``problem`` is
     ``None``. Use :func:`collate` in a DataLoader.
+
+    Attributes:
+        bad_files: display path -> reason of every file skipped so far (the skipped-files report).
     """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], size: int,
-                 root: Path | None = None, class_names: Sequence[str] | None = None) -> None:
+                 root: Path | None = None, class_names: Sequence[str] | None = None,
+                 skipped: Sequence[tuple[Path | str, str]] = ()) -> None:
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.classes = list(classes)
         self.class_names = list(class_names) if class_names is not None else list(classes)
         self.size = int(size)
         self.root = root
         self.bad_files: dict[str, str] = {}
+        self.skipped = [(self.display_path(Path(p)), reason) for p, reason in skipped]
+        self.note_bad(self.skipped)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -104,22 +114,22 @@ class ImageFolder(Dataset):
         path, label = self.samples[index]
         try:
             return load_image(path, self.size), label, index, None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            reason = str(err) or type(err).__name__
-            if path.exists() and path.stat().st_size == 0:
-                reason = "empty file"
-            return None, label, index, (self.display_path(path), reason)
+        except ImageError as err:
+            return None, label, index, (self.display_path(path), err.reason)
 
     def note_bad(self, bad: Sequence[tuple[str, str]]) -> None:
         """Record and warn, once per file, about files that could not be read."""
         for path, reason in bad:
             if path not in self.bad_files:
                 self.bad_files[path] = reason
-                log.warning("skipped unreadable image %s (%s)", path, reason)
+                log.warning("skipped %s: it %s", path, reason)
 
     def with_size(self, size: int) -> ImageFolder:
-        """The same samples preprocessed to another base size."""
-        return ImageFolder(self.samples, self.classes, size, self.root, self.class_names)
+        """The same samples preprocessed to another base size (the listing's skipped entries kept)."""
+        out = ImageFolder(self.samples, self.classes, size, self.root, self.class_names)
+        out.skipped = list(self.skipped)
+        out.bad_files = dict(self.skipped)
+        return out
 
 
 def collate(items) -> Batch:
@@ -135,27 +145,43 @@ def collate(items) -> Batch:
     return Batch(images, labels, indices, bad)
 
 
-def _scan_class_folders(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+def _scan_class_folders(split_dir: Path, classes: Sequence[str], *, derived: bool
+                        ) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """The (image, label) samples of a split's class folders, and the entries skipped by the listing.
+
+    ``derived``: the classes are the split's own folders, so an empty one is refused.
+    """
     index = {c: i for i, c in enumerate(classes)}
     samples: list[tuple[Path, int]] = []
+    skipped: list[tuple[Path, str]] = []
     present = find_classes(split_dir)
     extra = [c for c in present if c not in index]
     if extra:
         raise DataError(f"{split_dir} has class folders that the training set lacks: {', '.join(extra[:5])}")
+    empty = []
     for name in classes:
         folder = split_dir / name
         if not folder.is_dir():
             log.warning("class %r has no folder in %s", name, split_dir)
             continue
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p))
-        images = [p for p in files if _is_image(p)]
-        for p in files:
-            if not _is_image(p):
-                log.warning("ignored %s: not an image file extension", p.relative_to(split_dir.parent))
+        images, bad, ignored = scan_images(folder, recursive=True)
+        for p in ignored:
+            log.warning("ignored %s: not an image file extension", p.relative_to(split_dir.parent))
+        skipped += bad
         if not images:
-            log.warning("class folder %s is empty", folder.relative_to(split_dir.parent))
+            shown = folder.relative_to(split_dir.parent)
+            if derived:
+                empty.append((shown, bad))
+            else:
+                log.warning("class folder %s holds no images", shown)
         samples.extend((p, index[name]) for p in images)
-    return samples
+    if empty:
+        shown, bad = empty[0]
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        why = f" ({bad[0][0].name} {bad[0][1]})" if bad else ""
+        raise DataError(f"class folder {shown} holds no images{why}{more}; it would be a class the model never "
+                        "sees: add images or remove the folder")
+    return samples, skipped
 
 
 def _imagenet_val_labels(root: Path, labels_file: Path | None) -> dict[str, str]:
@@ -230,6 +256,7 @@ def open_dataset(root: str | Path, split: str, size: int, *, layout: str = "auto
     if layout == "auto":
         layout = _detect_layout(root)
 
+    derived = classes is None
     if classes is None:
         classes = find_classes(split_dir)
         if not classes and layout == "imagenet" and (root / "train").is_dir():
@@ -242,9 +269,8 @@ def open_dataset(root: str | Path, split: str, size: int, *, layout: str = "auto
         mapping = _imagenet_val_labels(root, Path(labels_file) if labels_file else None)
         index = {c: i for i, c in enumerate(classes)}
         samples = []
-        for p in sorted(split_dir.iterdir()):
-            if not (p.is_file() and _is_image(p)):
-                continue
+        images, skipped, _ = scan_images(split_dir, recursive=False)
+        for p in images:
             wnid = mapping.get(p.stem)
             if wnid is None:
                 log.warning("no label for %s in the labels file; skipped", p.name)
@@ -253,7 +279,7 @@ def open_dataset(root: str | Path, split: str, size: int, *, layout: str = "auto
                 raise DataError(f"{p.name} is labelled {wnid!r}, which is not a training class")
             samples.append((p, index[wnid]))
     else:
-        samples = _scan_class_folders(split_dir, classes)
+        samples, skipped = _scan_class_folders(split_dir, classes, derived=derived)
     if not samples:
         raise DataError(f"no images found in {split_dir}")
 
@@ -265,4 +291,4 @@ def open_dataset(root: str | Path, split: str, size: int, *, layout: str = "auto
             wnid, _, name = line.partition(" ")
             readable[wnid] = name.split(",")[0].strip() or wnid
         names = [readable.get(c, c) for c in classes]
-    return ImageFolder(samples, classes, size, root=root, class_names=names)
+    return ImageFolder(samples, classes, size, root=root, class_names=names, skipped=skipped)

@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, folder_lock, is_zfnet_internal, remove_temp_files, temp_path
 from ..errors import ZFNetError
 from ..progress import progress as _progress_bar
 
 __all__ = [
     "PRIMARY_CLASSES", "SECONDARY_CLASSES", "CLASS_SETS", "PART_NAMES", "class_names",
-    "SyntheticSample", "render_sample", "sample_rng", "SynthSummary", "write_synthetic",
+    "SyntheticSample", "render_sample", "sample_rng", "SynthSummary", "write_synthetic", "written_files",
 ]
 
 PRIMARY_CLASSES: tuple[str, ...] = (
@@ -60,6 +60,8 @@ PART_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth")
 
 FORMAT = "zfnet-synthetic"
 VERSION = 1
+# While a set replaces another, the files of both: a folder killed then is still known as zfnet's.
+PENDING = "zfnet-synthetic-pending.json"
 MIN_SIZE = 32
 
 # Faces stay near upright so that "left eye" always names the same part; every other shape may
@@ -540,15 +542,55 @@ def _render_job(job: tuple[str, str, str, int, int, int, int]) -> tuple[str, dic
     return rel, entry
 
 
-def _is_synthetic_or_empty(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    if not any(path.iterdir()):
-        return True
-    try:
-        return json.loads((path / "annotations.json").read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+def _safe_rel(rel: object) -> str | None:
+    """A manifest entry as a path inside the set (``train/a/00000.png``); None for anything else."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return None
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return None
+    return rel
+
+
+def written_files(root: str | Path) -> set[str] | None:
+    """The files zfnet's synthetic set wrote in ``root`` (paths relative to it); None: no synthetic set there.
+
+    Read from ``annotations.json`` (its images and masks) and, for a set killed while replacing
+    another, ``zfnet-synthetic-pending.json``. Entries that would leave ``root`` are ignored.
+    """
+    root = Path(root)
+    files: set[str] = set()
+    found = False
+    for name in ("annotations.json", PENDING):
+        try:
+            data = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            continue
+        found = True
+        files.add(name)
+        if name == PENDING:
+            listed = data.get("files", [])
+            listed = listed if isinstance(listed, list) else []
+        else:
+            images = data.get("images", {})
+            images = images if isinstance(images, dict) else {}
+            listed = [*images, *(e.get("mask") for e in images.values() if isinstance(e, dict))]
+        files.update(rel for rel in map(_safe_rel, listed) if rel is not None)
+    return files if found else None
+
+
+def _files_in(root: Path) -> list[str]:
+    """Every file below ``root`` (relative, '/'-separated), without zfnet's lock and temporary files."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        if here == root:
+            dirs[:] = [d for d in dirs if not is_zfnet_internal(d)]
+            names = [n for n in names if not is_zfnet_internal(n)]
+        found += [(here / n).relative_to(root).as_posix() for n in names]
+    return sorted(found)
 
 
 def _workers(n_images: int) -> int:
@@ -561,18 +603,87 @@ def _workers(n_images: int) -> int:
     return max(1, min(8, cores, n_images // 100))
 
 
+def _check_out(out: Path, overwrite: bool) -> set[str]:
+    """Refuse a folder that is not new, empty or (with ``overwrite``) a synthetic set; return what zfnet wrote there."""
+    present = _files_in(out)
+    if not present:
+        return set()
+    old = written_files(out)
+    if old is None:
+        raise ZFNetError(f"{out} is not empty and is not a zfnet synthetic data set (no {FORMAT} "
+                         f"annotations.json); give a new or empty folder")
+    if not overwrite:
+        foreign = [rel for rel in present if rel not in old]
+        added = f" and files zfnet did not write (e.g. {foreign[0]}), which it would keep" if foreign else ""
+        raise ZFNetError(f"{out} already holds a synthetic data set{added}; pass --overwrite to replace the "
+                         "set, or give a new folder")
+    return old
+
+
+def _render_all(staging: Path, jobs: list[tuple[str, str, str, int, int, int, int]], desc: str,
+                progress: bool) -> dict[str, dict]:
+    images: dict[str, dict] = {}
+    workers = _workers(len(jobs))
+    bar = _progress_bar(total=len(jobs), desc=desc, unit="img", enabled=progress)
+    with bar:
+        if workers > 1:
+            # spawn: workers import only numpy and PIL, whatever threads the caller has started
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for rel, entry in pool.imap(_render_job, jobs, chunksize=16):
+                    images[rel] = entry
+                    bar.update(1)
+        else:
+            for job in jobs:
+                rel, entry = _render_job(job)
+                images[rel] = entry
+                bar.update(1)
+    return images
+
+
+def _move_into_place(staging: Path, out: Path, old: set[str], new: set[str], annotations: dict) -> None:
+    """Replace the files of the old set (``old``) by the rendered ones; every other file stays.
+
+    At every moment each file zfnet wrote is listed in ``annotations.json`` or in the pending list,
+    so a kill leaves a folder still recognised as a synthetic set (without ``annotations.json`` until
+    the end: a half-replaced set is never taken for a finished one).
+    """
+    atomic_write_json(out / PENDING, {"format": FORMAT, "files": sorted(old | new | {"annotations.json"})})
+    (out / "annotations.json").unlink(missing_ok=True)
+    for rel in sorted(new):
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+    gone = old - new - {"annotations.json", PENDING}
+    for rel in sorted(gone):
+        target = out / rel
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+    # The folders that held only removed files (a class no longer in the set); never one with a user's file.
+    for folder in sorted({p for rel in gone for p in (out / rel).parents if p != out and out in p.parents},
+                         key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    atomic_write_json(out / "annotations.json", annotations)
+    (out / PENDING).unlink()
+
+
 def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
                     val_per_class: int | None = None, seed: int = 0, size: int = 128,
-                    class_set: str = "primary", progress: bool = True) -> SynthSummary:
+                    class_set: str = "primary", progress: bool = True, overwrite: bool = False) -> SynthSummary:
     """Write the synthetic data set as an image-folder tree with masks and ``annotations.json``.
 
     Layout: ``OUT/{train,val}/<class>/<00000>.png``, masks at ``OUT/masks/<split>/<class>/<name>.png``
-    and ``OUT/annotations.json`` (format in ``docs/synthetic.md``). The tree is built beside ``OUT``
-    and moved into place at the end, so a re-run replaces a previous synthetic set cleanly and an
-    interrupted run leaves the old one. The same arguments give byte-identical files.
+    and ``OUT/annotations.json`` (format in ``docs/synthetic.md``), which also lists every file the set
+    wrote. The images are rendered in a hidden folder inside ``OUT`` and moved into place at the end,
+    so an interrupted run leaves the old set. The same arguments give byte-identical files. ``OUT`` is
+    locked (:func:`zfnet._io.folder_lock`) while it is written.
 
     Args:
-        out: the folder to write; it must be new, empty, or an earlier synthetic data set.
+        out: the folder to write: new or empty, or with ``overwrite`` an earlier synthetic set.
+        overwrite: replace the synthetic set in ``out``: the files it wrote are replaced or removed,
+            files a user added stay (one whose name the new set would take is refused).
         classes: how many classes of the set to use (its first ``classes`` names).
         per_class: training images per class, at least 1.
         val_per_class: validation images per class (0 for none); ``max(1, per_class // 5)`` by default.
@@ -583,6 +694,11 @@ def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
 
     Returns:
         A :class:`SynthSummary` with the folder, the class names and the image count per split.
+
+    Raises:
+        ZFNetError: a bad argument; ``out`` holds files and is not a synthetic set, or is one and
+            ``overwrite`` is not given; a file a user added has a name the new set needs.
+        FolderInUse: another process is writing ``out``.
 
     Example:
         >>> s = write_synthetic("/tmp/synth", classes=3, per_class=4, size=64, progress=False)
@@ -602,51 +718,30 @@ def write_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 100,
     per_class, val_per_class, seed, size = int(per_class), int(val_per_class), int(seed), int(size)
 
     out = Path(out).absolute()
-    if out.exists() and not _is_synthetic_or_empty(out):
-        raise ZFNetError(f"{out} exists and is not a synthetic data set (no {FORMAT} annotations.json); "
-                         "give a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-
     splits = {"train": per_class, "val": val_per_class}
-    jobs = []
-    for split, n in splits.items():
-        for label, name in enumerate(names):
-            if n:
-                (staging / split / name).mkdir(parents=True)
-                (staging / "masks" / split / name).mkdir(parents=True)
-            jobs += [(str(staging), split, name, label, j, seed, size) for j in range(n)]
-
-    images: dict[str, dict] = {}
-    try:
-        workers = _workers(len(jobs))
-        bar = _progress_bar(total=len(jobs), desc=f"synth {out.name}", unit="img", enabled=progress)
-        with bar:
-            if workers > 1:
-                # spawn: workers import only numpy and PIL, whatever threads the caller has started
-                with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                    for rel, entry in pool.imap(_render_job, jobs, chunksize=16):
-                        images[rel] = entry
-                        bar.update(1)
-            else:
-                for job in jobs:
-                    rel, entry = _render_job(job)
-                    images[rel] = entry
-                    bar.update(1)
-        annotations = {"format": FORMAT, "version": VERSION, "seed": seed, "size": size,
-                       "class_set": class_set, "classes": names, "images": images}
-        atomic_write_json(staging / "annotations.json", annotations)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with folder_lock(out):
+        old = _check_out(out, overwrite)
+        jobs = [(split, name, label, j) for split, n in splits.items() for label, name in enumerate(names)
+                for j in range(n)]
+        new = {rel for split, name, _, j in jobs for rel in (f"{split}/{name}/{j:05d}.png",
+                                                             f"masks/{split}/{name}/{j:05d}.png")}
+        taken = sorted(rel for rel in new if rel not in old and os.path.lexists(out / rel))
+        if taken:
+            raise ZFNetError(f"{out / taken[0]} was not written by zfnet but the new set needs its name; "
+                             "move it away first")
+        remove_temp_files(out)  # a staging folder of a run that was killed
+        staging = temp_path(out / "synth")
+        try:
+            for split, n in splits.items():
+                for name in names if n else ():
+                    (staging / split / name).mkdir(parents=True)
+                    (staging / "masks" / split / name).mkdir(parents=True)
+            images = _render_all(staging, [(str(staging), sp, nm, lb, j, seed, size) for sp, nm, lb, j in jobs],
+                                 f"synth {out.name}", progress)
+            annotations = {"format": FORMAT, "version": VERSION, "seed": seed, "size": size,
+                           "class_set": class_set, "classes": names, "images": images}
+            _move_into_place(staging, out, old, new, annotations)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return SynthSummary(root=out, classes=names, counts={k: v * len(names) for k, v in splits.items()})
 

@@ -1,10 +1,12 @@
 """Image preprocessing of the paper (§3), with Pillow and torch only.
 
-Every image is converted to 8-bit RGB, its smaller side resized to the *base size* and centre-cropped
-to base x base (256 for a 224 crop; sizes scale with the model's input: ``base_size(112) == 128``).
-The per-pixel mean image of the training set (computed once at base size, values 0-255) is subtracted;
-training takes random input-size crops with horizontal flips, evaluation the centre crop or the ten
-crops (4 corners + centre, and their mirror images), averaging the softmax outputs.
+Every image is opened by :func:`~zfnet.data.images.open_image` (one set of rules for every command:
+regular files only, no decompression bombs, EXIF orientation applied) as 8-bit RGB, its smaller side
+resized to the *base size* and centre-cropped to base x base (256 for a 224 crop; sizes scale with the
+model's input: ``base_size(112) == 128``). The per-pixel mean image of the training set (computed once
+at base size, values 0-255) is subtracted; training takes random input-size crops with horizontal
+flips, evaluation the centre crop or the ten crops (4 corners + centre, and their mirror images),
+averaging the softmax outputs.
 
 A :class:`Normalization` is how 0-255 pixels become a model's input, ``(pixels - mean) / std``: for
 a zfnet run the mean image and no division, for a model trained elsewhere a per-channel mean and
@@ -22,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
+
+from .images import open_image, to_rgb
 
 __all__ = [
     "base_size", "to_rgb", "load_image", "resize_center_crop", "pil_to_tensor",
     "random_crops", "center_crop", "ten_crops", "normalize", "Normalization",
 ]
-
-# A truncated file must fail, not be padded with grey: it is reported and skipped.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def base_size(input_size: int) -> int:
@@ -43,37 +44,6 @@ def base_size(input_size: int) -> int:
     if input_size < 1:
         raise ValueError(f"input size must be positive, got {input_size}")
     return round(input_size * 256 / 224)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow image to 8-bit RGB.
-
-    Grayscale, CMYK and palette images are converted; transparency (RGBA, LA, palette with
-    transparency) is composited onto white; 16-bit and 32-bit integer images (``I;16``, ``I``) are
-    scaled from their full range to 0-255 rather than clipped; float images (``F``) are scaled by
-    their maximum.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        elif mode == "I":
-            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        else:
-            top = max(float(arr.max(initial=0)), 1e-12) if arr.max(initial=0) > 1 else 1.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-        mode = img.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -96,7 +66,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Read an image file, convert it to RGB and return it resized and centre-cropped.
+    """Read an image file by zfnet's rules (:func:`~zfnet.data.images.open_image`: regular files only,
+    no decompression bombs, EXIF orientation applied, 8-bit RGB) and return it resized and centre-cropped.
 
     Args:
         path: the file.
@@ -106,13 +77,9 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         uint8 tensor (3, size, size).
 
     Raises:
-        OSError or ValueError: the file is empty, truncated or not an image.
+        ImageError: the file is missing, not a regular file, empty, truncated, too large or not an image.
     """
-    with Image.open(path) as img:
-        if img.format == "JPEG" and min(img.size) >= 2 * size:
-            img.draft("RGB", (size, size))  # decode at reduced scale: much faster on large JPEGs
-        img.load()
-        return pil_to_tensor(resize_center_crop(to_rgb(img), size))
+    return pil_to_tensor(resize_center_crop(open_image(path, draft=size), size))
 
 
 def normalize(batch: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

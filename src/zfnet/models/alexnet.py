@@ -23,17 +23,31 @@ ALEXNET_TINY = ConvNetConfig(input_size=64, conv1=(16, 11, 4, 2), conv2=(32, 5, 
                              conv345=(48, 48, 32), fc=(128, 128))
 
 
-@register("alexnet", input_size=224, description="AlexNet, one tower: conv1 11x11 stride 4 (62.4M parameters)")
+def _alexnet(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return ALEXNET.with_overrides(num_classes=num_classes, **overrides)
+
+
+def _alexnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return scaled_variant(ALEXNET_CPU, ALEXNET, num_classes=num_classes, **overrides)
+
+
+def _alexnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return scaled_variant(ALEXNET_TINY, ALEXNET, num_classes=num_classes, **overrides)
+
+
+@register("alexnet", input_size=224, description="AlexNet, one tower: conv1 11x11 stride 4 (62.4M parameters)",
+          config=_alexnet)
 def alexnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ALEXNET.with_overrides(num_classes=num_classes, **overrides), name="alexnet")
+    return ConvNet(_alexnet(num_classes=num_classes, **overrides), name="alexnet")
 
 
-@register("alexnet-cpu", input_size=112, description="AlexNet's structure at 112 px and 1/3 width, for CPUs")
+@register("alexnet-cpu", input_size=112, description="AlexNet's structure at 112 px and 1/3 width, for CPUs",
+          config=_alexnet_cpu)
 def alexnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(scaled_variant(ALEXNET_CPU, ALEXNET, num_classes=num_classes, **overrides), name="alexnet-cpu")
+    return ConvNet(_alexnet_cpu(num_classes=num_classes, **overrides), name="alexnet-cpu")
 
 
-@register("alexnet-tiny", input_size=64, description="AlexNet's structure at 64 px and 1/6 width, for tests")
+@register("alexnet-tiny", input_size=64, description="AlexNet's structure at 64 px and 1/6 width, for tests",
+          config=_alexnet_tiny)
 def alexnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(scaled_variant(ALEXNET_TINY, ALEXNET, num_classes=num_classes, **overrides),
-                   name="alexnet-tiny")
+    return ConvNet(_alexnet_tiny(num_classes=num_classes, **overrides), name="alexnet-tiny")

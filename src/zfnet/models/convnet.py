@@ -18,22 +18,40 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from torch import nn
 
+from .._validate import Limits, check_fields, limits
+from ..errors import ZFNetError
 from .layers import ContrastNorm, init_paper_
 
 __all__ = ["ConvNetConfig", "ConvNet", "REMOVABLE_LAYERS", "LAYER_NAMES", "matched_init_std",
-           "scaled_variant"]
+           "scaled_variant", "MAX_PARAMETERS", "MAX_CLASSES", "MAX_INPUT_SIZE", "MAX_WIDTH"]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "fc6", "fc7")
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# Upper bounds of a configuration, checked before anything is allocated. The parameter count bounds
+# memory (2e9 float32 weights are 8 GB, before gradients and momentum; ZFNet has 62M); the others
+# keep each number sane on its own (ImageNet-21k has 21,841 classes; the paper's widest layer 4096).
+MAX_PARAMETERS = 2_000_000_000
+MAX_CLASSES = 1_000_000
+MAX_INPUT_SIZE = 2048
+MAX_WIDTH = 65_536
+_MAX_KERNEL = 255
+_WIDTH = Limits(1, MAX_WIDTH)
+_CONV = limits(items=(_WIDTH, Limits(1, _MAX_KERNEL), Limits(1, _MAX_KERNEL), Limits(0, _MAX_KERNEL)))
 
 
 @dataclass(frozen=True)
 class ConvNetConfig:
     """Hyperparameters of a ZFNet-family network.
+
+    Every field is checked by type and range when the config is made (widths 1 to :data:`MAX_WIDTH`,
+    kernels and strides up to 255, input size up to :data:`MAX_INPUT_SIZE`, classes up to
+    :data:`MAX_CLASSES`), and so is the parameter count (at most :data:`MAX_PARAMETERS`): a bad config
+    is a :class:`~zfnet.errors.ZFNetError` before any memory is allocated.
 
     Attributes:
         num_classes: width of fc8 (the softmax).
@@ -50,43 +68,49 @@ class ConvNetConfig:
             paper's 1e-2), or one per layer present, conv1 ... fc8 in order.
     """
 
-    num_classes: int = 1000
-    input_size: int = 224
-    in_channels: int = 3
-    conv1: tuple[int, int, int, int] = (96, 7, 2, 1)
-    conv2: tuple[int, int, int, int] = (256, 5, 2, 0)
-    conv345: tuple[int, int, int] = (384, 384, 256)
-    fc: tuple[int, int] = (4096, 4096)
-    removed: tuple[str, ...] = ()
-    dropout: float = 0.5
-    lrn: tuple[int, float, float, float] = (5, 1e-4, 0.75, 2.0)
-    init_std: float | tuple[float, ...] = 1e-2
+    num_classes: int = field(default=1000, metadata=limits(1, MAX_CLASSES))
+    input_size: int = field(default=224, metadata=limits(1, MAX_INPUT_SIZE))
+    in_channels: int = field(default=3, metadata=limits(1, MAX_WIDTH))
+    conv1: tuple[int, int, int, int] = field(default=(96, 7, 2, 1), metadata=_CONV)
+    conv2: tuple[int, int, int, int] = field(default=(256, 5, 2, 0), metadata=_CONV)
+    conv345: tuple[int, int, int] = field(default=(384, 384, 256), metadata=limits(1, MAX_WIDTH))
+    fc: tuple[int, int] = field(default=(4096, 4096), metadata=limits(1, MAX_WIDTH))
+    removed: tuple[str, ...] = field(default=(), metadata=limits(max_items=len(REMOVABLE_LAYERS)))
+    dropout: float = field(default=0.5, metadata=limits(0, 1, high_open=True))
+    lrn: tuple[int, float, float, float] = field(default=(5, 1e-4, 0.75, 2.0), metadata=limits(
+        items=(Limits(1, _MAX_KERNEL), Limits(0, 1e3), Limits(0, 10), Limits(0, 1e3, low_open=True))))
+    init_std: float | tuple[float, ...] = field(default=1e-2, metadata=limits(
+        0, 10, low_open=True, max_items=len(LAYER_NAMES)))
 
     def __post_init__(self) -> None:
-        # Normalise sequences (from JSON or the CLI) to tuples so configs compare and hash.
-        for f in ("conv1", "conv2", "conv345", "fc", "lrn"):
-            object.__setattr__(self, f, tuple(getattr(self, f)))
+        # Types and ranges first (sequences from JSON or the CLI become tuples, so configs compare
+        # and hash), then the rules between fields; all before anything is allocated.
+        check_fields(self, "model option")
         bad = [r for r in self.removed if r not in REMOVABLE_LAYERS]
         if bad:
-            raise ValueError(f"cannot remove {bad}: removable layers are {', '.join(REMOVABLE_LAYERS)}")
+            raise ZFNetError(f"cannot remove {bad}: removable layers are {', '.join(REMOVABLE_LAYERS)}")
         object.__setattr__(self, "removed", tuple(n for n in REMOVABLE_LAYERS if n in self.removed))
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
-        if len(self.conv1) != 4 or len(self.conv2) != 4:
-            raise ValueError("conv1 and conv2 are (filters, kernel, stride, padding)")
-        if len(self.conv345) != 3 or len(self.fc) != 2:
-            raise ValueError("conv345 takes 3 widths and fc takes 2")
-        widths = [self.conv1[0], self.conv2[0], *self.conv345, *self.fc, self.in_channels]
-        if any(int(w) < 1 for w in widths):
-            raise ValueError(f"every width must be at least 1, got {widths}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if isinstance(self.init_std, (list, tuple)):
-            object.__setattr__(self, "init_std", tuple(float(v) for v in self.init_std))
-            if len(self.init_std) != len(self.layers()):
-                raise ValueError(f"init_std needs one value per layer ({', '.join(self.layers())}), "
-                                 f"got {len(self.init_std)}")
+        if isinstance(self.init_std, tuple) and len(self.init_std) != len(self.layers()):
+            raise ZFNetError(f"init_std needs one value per layer ({', '.join(self.layers())}), "
+                             f"got {len(self.init_std)}")
         self.map_sizes()  # raises if the input is too small for the structure
+        count = self.parameter_count()
+        if count > MAX_PARAMETERS:
+            raise ZFNetError(f"this model would have {count:,} parameters ({4 * count / 2**30:.0f} GiB of float32 "
+                             f"weights), more than the {MAX_PARAMETERS:,} zfnet builds; narrow fc or conv345, "
+                             "or lower input_size or num_classes")
+
+    def parameter_count(self) -> int:
+        """The number of weights and biases of the network, computed without building it.
+
+        Example:
+            >>> ConvNetConfig().parameter_count()
+            62357608
+        """
+        widths = {"conv1": self.conv1[0], "conv2": self.conv2[0], "conv3": self.conv345[0],
+                  "conv4": self.conv345[1], "conv5": self.conv345[2], "fc6": self.fc[0], "fc7": self.fc[1],
+                  "fc8": self.num_classes}
+        return sum((fan_in + 1) * widths[name] for name, fan_in in self.fan_ins().items())
 
     def layers(self) -> list[str]:
         """The paper's layer names present in this configuration, conv1 ... fc8."""
@@ -126,7 +150,7 @@ class ConvNetConfig:
             if ceil and (out - 1) * stride >= s + padding:  # PyTorch drops a window starting off the map
                 out -= 1
             if span < 0 or out < 1:
-                raise ValueError(
+                raise ZFNetError(
                     f"input size {self.input_size} px is too small: {name} would have no output "
                     f"({s}x{s} maps into a {kernel}x{kernel} window)"
                 )
@@ -148,7 +172,7 @@ class ConvNetConfig:
         valid = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
+            raise ZFNetError(f"unknown model option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
         return replace(self, **overrides)
 
 

@@ -29,22 +29,42 @@ ZFNET_TINY = ConvNetConfig(input_size=64, conv1=(16, 7, 2, 1), conv2=(32, 5, 2, 
                            conv345=(48, 48, 32), fc=(128, 128))
 
 
-@register("zfnet", input_size=224, description="ZFNet, the paper's Fig. 3 (62.4M parameters at 1000 classes)")
-def zfnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(ZFNET.with_overrides(num_classes=num_classes, **overrides), name="zfnet")
+def _zfnet(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return ZFNET.with_overrides(num_classes=num_classes, **overrides)
 
 
-@register("zfnet-b", input_size=224, description="ZFNet with conv3-5 at 512/1024/512 maps (Table 2, b)")
-def zfnet_b(*, num_classes: int = 1000, **overrides) -> ConvNet:
+def _zfnet_b(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
     overrides.setdefault("conv345", (512, 1024, 512))
-    return ConvNet(ZFNET.with_overrides(num_classes=num_classes, **overrides), name="zfnet-b")
+    return ZFNET.with_overrides(num_classes=num_classes, **overrides)
 
 
-@register("zfnet-cpu", input_size=112, description="ZFNet's structure at 112 px and 1/3 width, for CPUs")
+def _zfnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return scaled_variant(ZFNET_CPU, ZFNET, num_classes=num_classes, **overrides)
+
+
+def _zfnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNetConfig:
+    return scaled_variant(ZFNET_TINY, ZFNET, num_classes=num_classes, **overrides)
+
+
+@register("zfnet", input_size=224, description="ZFNet, the paper's Fig. 3 (62.4M parameters at 1000 classes)",
+          config=_zfnet)
+def zfnet(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(_zfnet(num_classes=num_classes, **overrides), name="zfnet")
+
+
+@register("zfnet-b", input_size=224, description="ZFNet with conv3-5 at 512/1024/512 maps (Table 2, b)",
+          config=_zfnet_b)
+def zfnet_b(*, num_classes: int = 1000, **overrides) -> ConvNet:
+    return ConvNet(_zfnet_b(num_classes=num_classes, **overrides), name="zfnet-b")
+
+
+@register("zfnet-cpu", input_size=112, description="ZFNet's structure at 112 px and 1/3 width, for CPUs",
+          config=_zfnet_cpu)
 def zfnet_cpu(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(scaled_variant(ZFNET_CPU, ZFNET, num_classes=num_classes, **overrides), name="zfnet-cpu")
+    return ConvNet(_zfnet_cpu(num_classes=num_classes, **overrides), name="zfnet-cpu")
 
 
-@register("zfnet-tiny", input_size=64, description="ZFNet's structure at 64 px and 1/6 width, for tests")
+@register("zfnet-tiny", input_size=64, description="ZFNet's structure at 64 px and 1/6 width, for tests",
+          config=_zfnet_tiny)
 def zfnet_tiny(*, num_classes: int = 1000, **overrides) -> ConvNet:
-    return ConvNet(scaled_variant(ZFNET_TINY, ZFNET, num_classes=num_classes, **overrides), name="zfnet-tiny")
+    return ConvNet(_zfnet_tiny(num_classes=num_classes, **overrides), name="zfnet-tiny")

@@ -44,7 +44,7 @@ import jinja2
 import markupsafe
 from PIL import Image
 
-from .._io import atomic_write, atomic_write_json
+from .._io import atomic_write, atomic_write_json, folder_entries, folder_lock
 from ..errors import ZFNetError
 from ._architecture import architecture, diagram
 from ._curves import training_curves_png
@@ -211,7 +211,7 @@ def _prepare_out(out: Path) -> list[str]:
             saved = None
         if isinstance(saved, dict) and saved.get("format") == REPORT_FORMAT and isinstance(saved.get("files"), list):
             return [f for f in saved["files"] if isinstance(f, str)]
-    if any(out.iterdir()):
+    if folder_entries(out):
         raise ZFNetError(f"--out {out} is not empty and holds no zfnet report; choose an empty or new folder")
     return []
 
@@ -523,6 +523,13 @@ def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str =
     if not sources:
         raise ZFNetError("give at least one source folder")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ZFNetError(f"--out {out} is a file, not a folder")
+    with folder_lock(out):  # one writer per folder: a second build into it is refused
+        return _build(sources, out, title)
+
+
+def _build(sources: Sequence[str | Path], out: Path, title: str) -> Path:
     previous = _prepare_out(out)
     found = discover([Path(s) for s in sources], exclude=out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,20 +12,35 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._validate import check_fields, check_value, from_mapping, limits
+from ..data.folders import LAYOUTS
 from ..errors import ZFNetError
+from ..models import model_config
 
-__all__ = ["TrainConfig", "load_config_file", "PAPER_SNAPSHOTS"]
+__all__ = ["TrainConfig", "load_config_file", "PAPER_SNAPSHOTS", "MAX_EPOCHS", "MAX_BATCH_SIZE", "MAX_WORKERS"]
 
 PAPER_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
+
+# Upper bounds of the recipe's numbers (the paper trains 70 epochs of batch 128).
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_WORKERS = 256
+_MAX_SEED = 2**63 - 1
+_DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; written to ``RUN/config.json``.
+
+    Every field is checked by type and range when the config is made (see :mod:`zfnet._validate`),
+    and ``model_options`` by building the model's configuration (not the model): a wrong type, a
+    non-finite or out-of-range number, or a model over the parameter limit is a
+    :class:`~zfnet.errors.ZFNetError` before anything is read or written.
 
     Attributes:
         data: the data set's folder (``train/`` and ``val/`` inside).
@@ -33,16 +48,16 @@ class TrainConfig:
         model: a name from :func:`zfnet.models.list_models`.
         model_options: overrides of the model's config (``removed``, ``fc``, ``conv345``, ...).
         layout: data layout: ``auto``, ``folders`` or ``imagenet``.
-        epochs: epochs to train in total.
-        batch_size: images per SGD step, over all processes.
-        lr, momentum, weight_decay: SGD's.
-        max_filter_rms: radius of the filter renormalisation (0 turns it off).
+        epochs: epochs to train in total, 1 to 10000.
+        batch_size: images per SGD step, over all processes, 1 to 65536.
+        lr, momentum, weight_decay: SGD's: lr in (0, 10], momentum in [0, 1), weight decay in [0, 1].
+        max_filter_rms: radius of the filter renormalisation (0 turns it off), at most 1000.
         lr_factor, lr_patience, min_lr: the plateau schedule on validation top-1 error.
         snapshots: epochs at which the weights are kept (for the feature-evolution figure).
-        seed: seeds initialisation, data order, crops and dropout.
-        workers: DataLoader worker processes (None: cores - 1).
+        seed: seeds initialisation, data order, crops and dropout; 0 to 2**63 - 1.
+        workers: DataLoader worker processes (None: cores - 1), at most 256.
         cache: keep decoded images in memory: ``auto``, ``memory`` or ``none``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         channels_last: channels-last memory format (None: on CPU and CUDA, where it is faster).
     """
 
@@ -50,40 +65,28 @@ class TrainConfig:
     out: str
     model: str = "zfnet"
     model_options: dict[str, Any] = field(default_factory=dict)
-    layout: str = "auto"
-    epochs: int = 70
-    batch_size: int = 128
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    max_filter_rms: float = 0.1
-    lr_factor: float = 0.1
-    lr_patience: int = 3
-    min_lr: float = 1e-6
-    snapshots: tuple[int, ...] = PAPER_SNAPSHOTS
-    seed: int = 0
-    workers: int | None = None
-    cache: str = "auto"
-    device: str = "auto"
+    layout: str = field(default="auto", metadata=limits(choices=LAYOUTS))
+    epochs: int = field(default=70, metadata=limits(1, MAX_EPOCHS))
+    batch_size: int = field(default=128, metadata=limits(1, MAX_BATCH_SIZE))
+    lr: float = field(default=1e-2, metadata=limits(0, 10, low_open=True))
+    momentum: float = field(default=0.9, metadata=limits(0, 1, high_open=True))
+    weight_decay: float = field(default=5e-4, metadata=limits(0, 1))
+    max_filter_rms: float = field(default=0.1, metadata=limits(0, 1000))
+    lr_factor: float = field(default=0.1, metadata=limits(0, 1, low_open=True, high_open=True))
+    lr_patience: int = field(default=3, metadata=limits(0, MAX_EPOCHS))
+    min_lr: float = field(default=1e-6, metadata=limits(0, 10))
+    snapshots: tuple[int, ...] = field(default=PAPER_SNAPSHOTS, metadata=limits(1, MAX_EPOCHS, max_items=MAX_EPOCHS))
+    seed: int = field(default=0, metadata=limits(0, _MAX_SEED))
+    workers: int | None = field(default=None, metadata=limits(0, MAX_WORKERS))
+    cache: str = field(default="auto", metadata=limits(choices=("auto", "memory", "none")))
+    device: str = field(default="auto", metadata=limits(choices=_DEVICES, pattern=r"auto|cpu|cuda(:[0-9]{1,3})?"))
     channels_last: bool | None = None
 
     def __post_init__(self) -> None:
-        self.snapshots = tuple(int(e) for e in self.snapshots)
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.max_filter_rms >= 0, f"max filter RMS must be >= 0, got {self.max_filter_rms}"),
-            (0 < self.lr_factor < 1, f"lr factor must be in (0, 1), got {self.lr_factor}"),
-            (self.lr_patience >= 0, f"lr patience must be >= 0, got {self.lr_patience}"),
-            (self.cache in ("auto", "memory", "none"), f"cache must be auto, memory or none, got {self.cache!r}"),
-            (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ZFNetError(message)
+        check_fields(self, "training option")
+        # The model's configuration, checked without building the model (the class count comes
+        # from the data; one class here, the data's when the run builds it).
+        model_config(self.model, num_classes=1, options=self.model_options)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,30 +94,46 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ZFNetError(f"unknown training option(s) {unknown}; valid: {', '.join(sorted(valid))}")
-        return cls(**d)
+    def from_json(cls, d: Any, *, source: str | None = None) -> TrainConfig:
+        """A config from parsed JSON or TOML (a dict of option name -> value), every value checked.
+
+        Raises:
+            ZFNetError: not an object, unknown or missing options, or a value of the wrong type or range.
+        """
+        return from_mapping(cls, d, "training option", source=source)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON config file into a dict of option name -> value.
 
-    Keys may use dashes or underscores (``batch-size`` or ``batch_size``).
+    Keys may use dashes or underscores (``batch-size`` or ``batch_size``). The values are checked
+    when the :class:`TrainConfig` is made from them.
+
+    Raises:
+        ZFNetError: a missing, unreadable or malformed file, or one that is not a table of options.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ZFNetError(f"config file {path} is a directory")
     if not path.is_file():
         raise ZFNetError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ZFNetError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix.lower() == ".json":
             raw = json.loads(text)
         else:
             raw = tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ZFNetError(f"config file {path} is not valid {path.suffix.lstrip('.').upper()}: {err}") from err
-    if not isinstance(raw, dict):
-        raise ZFNetError(f"config file {path} must hold a table of options")
-    return {k.replace("-", "_"): v for k, v in raw.items()}
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:
+        raise ZFNetError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    raw = check_value(raw, dict[str, Any], str(path), what="config file")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in out:
+            raise ZFNetError(f"config file {path} gives {name} twice (as {name} and with dashes)")
+        out[name] = value
+    return out

@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node=N -m zfnet train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 :func:`setup` then joins the process group (NCCL on CUDA, gloo on CPU) and picks this process's
-device. Only rank 0 writes files. Without those variables everything runs in one process.
+device. Only rank 0 writes files (and holds the run folder's lock). Without those variables everything
+runs in one process.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class DistContext:
             dist.all_reduce(moved)
             t.copy_(moved.to(t.device))
         return t
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process, so that all of them take the same branch."""
+        if not self.distributed:
+            return bool(flag)
+        return bool(self.all_reduce_sum(torch.tensor([float(bool(flag))]))[0] > 0)
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -37,10 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import Limits, check_value
 from ..data.folders import find_classes
 from ..data.transforms import Normalization, base_size
 from ..errors import CheckpointError, ZFNetError
-from .checkpoint import LoadedRun, load_run, load_weights, read_torch_file
+from ..models.convnet import MAX_INPUT_SIZE
+from .checkpoint import LoadedRun, first_nonfinite, load_run, load_weights, read_torch_file, shape_problems
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "INPUT_SIZES", "DEFAULT_INPUT_SIZE",
@@ -56,12 +58,11 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 """Named (mean, std) presets on the 0-1 scale: ImageNet's (torchvision's models), and pixels / 255."""
 
-INPUT_SIZES = (16, 2048)
+INPUT_SIZES = (16, MAX_INPUT_SIZE)
 """The input sides accepted, inclusive."""
 
 DEFAULT_INPUT_SIZE = 224
 
-_SHOWN = 3          # keys named per kind of mismatch
 _LISTED = 20        # callables listed for a missing factory
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -224,7 +225,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     entry; keys that all start with ``module.`` (a DistributedDataParallel model's) lose the prefix.
 
     Raises:
-        CheckpointError: missing, unreadable, crafted (nothing in it runs) or holding no state dict.
+        CheckpointError: missing, unreadable, crafted (nothing in it runs), holding no state dict, or
+            holding NaN or infinite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -235,12 +237,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         tensors = _tensors_of(read_torch_file(path), path)
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"weights file {path}: {bad} holds NaN or infinite values")
     return tensors
-
-
-def _some(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_SHOWN])
-    return shown + (", ..." if len(names) > _SHOWN else "")
 
 
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -253,20 +253,9 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             unexpected key (head.weight), 1 shape mismatch (conv1.weight: file (8, 3, 3, 3), model
             (16, 3, 3, 3))"`` with the first few of each kind.
     """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} ({_some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} ({_some(unexpected)})")
-    if shapes:
-        detail = ", ".join(f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-                           for k in shapes[:_SHOWN])
-        problems.append(f"{len(shapes)} shape mismatch{'es' * (len(shapes) > 1)} ({detail}"
-                        f"{', ...' if len(shapes) > _SHOWN else ''})")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()},
+                              optional=lambda key: key.endswith("num_batches_tracked"))
     if problems:
         raise CheckpointError(f"{source} does not fit the model: {'; '.join(problems)}")
     try:
@@ -325,10 +314,7 @@ def _outputs(model: nn.Module, input_size: int, spec: str) -> int:
 # ------------------------------------------------------------------------------------------- loading
 
 def _input_size(value: int) -> int:
-    low, high = INPUT_SIZES
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ZFNetError(f"the input size must be a whole number of pixels from {low} to {high}, got {value!r}")
-    return value
+    return check_value(value, int, "input size", what="the model's", limit=Limits(*INPUT_SIZES))
 
 
 def load_external(spec: str, *, weights: str | Path | None = None, input_size: int = DEFAULT_INPUT_SIZE,

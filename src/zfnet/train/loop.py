@@ -4,14 +4,21 @@ Each epoch's data order, crops, flips and dropout masks are drawn from generator
 ``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch E repeats epoch E+1 exactly
 as an uninterrupted run would. State is written atomically at the end of every epoch: a ``kill -9``
 loses at most the epoch in progress.
+
+A run folder has one writer: the process of rank 0 holds its :func:`~zfnet._io.folder_lock` from the
+first check to the last write. The weights and the optimiser's state are checked finite at the end of
+every epoch, before the epoch is validated, judged best or saved: a blow-up, even on an epoch's last
+step, stops the run with :class:`~zfnet.errors.TrainingDiverged` and leaves every checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +27,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text, folder_entries, folder_lock, remove_temp_files
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream, mean_image
 from ..data.transforms import Normalization, base_size, random_crops
 from ..errors import TrainingDiverged, ZFNetError
-from ..models import build, model_info, renormalize_filters_
+from ..models import build, model_config, model_info, renormalize_filters_
 from ..models._fast import prepare_for_speed
 from ..progress import progress
 from . import distributed
-from .checkpoint import RunFiles, load_mean, load_state, save_mean, save_state, save_weights
+from .checkpoint import (
+    RunFiles,
+    check_resumable,
+    first_nonfinite,
+    is_run_dir,
+    load_mean,
+    load_state,
+    save_mean,
+    save_state,
+    save_weights,
+    write_run_marker,
+)
 from .config import TrainConfig
 from .evaluate import predict, topk_errors
 
@@ -78,22 +96,31 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _check_run_dir(files: RunFiles, resume: bool) -> dict | None:
-    """Refuse to overwrite a run; on resume return its last state (None: nothing finished yet)."""
+    """Refuse to overwrite a run or a foreign folder; on resume return its last state (None: no epoch finished).
+
+    Called with the folder locked, so the temporary files it clears are no live writer's.
+    """
     if resume:
-        for stale in [*files.root.glob(".*.tmp"), *files.snapshots.glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)  # left by a kill in the middle of an atomic write
-        if files.last.is_file():
-            return load_state(files.last, required=("epoch", "model", "optimizer", "scheduler", "metrics"))
-        if not files.root.exists():
-            raise ZFNetError(f"nothing to resume: {files.root} does not exist")
-        log.info("no finished epoch in %s: starting from the beginning", files.root)
-        return None
-    if files.last.is_file() or files.metrics.is_file():
+        check_resumable(files.root)
+    elif files.last.is_file() or files.metrics.is_file():
         raise ZFNetError(f"{files.root} already holds a training run; pass --resume to continue it "
                          "or choose another --out")
-    if files.root.is_dir() and any(p for p in files.root.iterdir() if p.name != "config.json"):
+    elif folder_entries(files.root) and not is_run_dir(files.root):
         raise ZFNetError(f"{files.root} is not empty and is not a zfnet run; choose another --out")
+    # Left by a kill in the middle of an atomic write; zfnet's names only, never a user's file.
+    remove_temp_files(files.root)
+    remove_temp_files(files.snapshots)
+    if resume and files.last.is_file():
+        return load_state(files.last, required=("epoch", "model", "optimizer", "scheduler", "metrics"))
+    if folder_entries(files.root):
+        log.info("no finished epoch in %s: starting from the beginning", files.root)
     return None
+
+
+def _diverged(what: str, epoch: int, files: RunFiles, saved_epoch: int) -> TrainingDiverged:
+    kept = (f"the last good checkpoint ({files.last}, epoch {saved_epoch}) is kept" if saved_epoch
+            else "no epoch had finished, so no checkpoint was written")
+    return TrainingDiverged(f"training diverged: {what} at epoch {epoch}; {kept}; try a lower --lr")
 
 
 def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
@@ -108,18 +135,29 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
         A :class:`TrainResult`.
 
     Raises:
-        ZFNetError: bad data, an existing run without ``resume``, an unknown model.
-        TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is kept).
+        ZFNetError: bad data, an existing run without ``resume``, a folder that is not a run with
+            ``resume``, an unknown model.
+        FolderInUse: another process is writing ``config.out``.
+        TrainingDiverged: the loss or the weights became NaN or infinite (every checkpoint on disk
+            stays as the last finished epoch left it).
     """
+    # Stored and compared resolved, so that the run resumes from any working directory.
+    config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()),
+                                 out=str(Path(config.out).expanduser().resolve()))
     ctx = distributed.setup(config.device)
     try:
-        return _train(config, ctx, resume, show_progress and ctx.is_main)
+        files = RunFiles(Path(config.out))
+        if resume:
+            check_resumable(files.root)
+        # Rank 0 writes the run and holds its folder's lock; the other ranks write nothing.
+        with folder_lock(files.root) if ctx.is_main else nullcontext():
+            return _train(config, ctx, resume, show_progress and ctx.is_main, files)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show: bool) -> TrainResult:
-    files = RunFiles(Path(config.out))
+def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show: bool,
+           files: RunFiles) -> TrainResult:
     # Rank 0 alone judges the folder (the others would see the files it is about to write).
     state = _check_run_dir(files, resume) if ctx.is_main else None
     ctx.barrier()
@@ -129,8 +167,11 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     size = base_size(input_size)
     train_ds = open_dataset(config.data, "train", size, layout=config.layout)
     val_ds = open_dataset(config.data, "val", size, layout=config.layout, classes=train_ds.classes)
+    # the model for this data set's class count, checked before anything is written
+    model_config(config.model, num_classes=len(train_ds.classes), options=config.model_options)
     if ctx.is_main:
-        files.root.mkdir(parents=True, exist_ok=True)
+        if not files.marker.is_file():
+            write_run_marker(files.root)  # first: a run killed from here on is recognised as zfnet's
         atomic_write_json(files.config, config.to_json())
         atomic_write_json(files.classes, {"classes": train_ds.classes, "names": train_ds.class_names})
     train_stream = ImageStream(train_ds, workers=config.workers, cache=config.cache, show_progress=show)
@@ -162,6 +203,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     # while; a person annealing by hand waits for learning to start, and so does the schedule.
     started = False
     start = 1
+    saved_epoch = 0  # the epoch whose checkpoint is on disk
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -179,6 +221,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         best = dict(state.get("best", best))
         started = bool(state.get("schedule_started", True))
         start = int(state["epoch"]) + 1
+        saved_epoch = start - 1
         if ctx.is_main:
             atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
         log.info("resuming %s after epoch %d", files.root, start - 1)
@@ -209,11 +252,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
                 y = batch.labels.to(ctx.device, non_blocking=True)
                 logits = net(x)
                 loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    kept = (f"the last good checkpoint ({files.last}, epoch {epoch - 1}) is kept"
-                            if epoch > 1 else "no epoch had finished, so no checkpoint was written")
-                    raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at epoch {epoch}, "
-                                           f"batch {step + 1}; {kept}; try a lower --lr")
+                if ctx.any(not bool(torch.isfinite(loss))):  # every rank stops at the same step
+                    raise _diverged(f"the loss is {loss.item()} (batch {step + 1})", epoch, files, saved_epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -224,6 +264,11 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
                 bar.update(n + len(batch.bad))
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         ctx.all_reduce_sum(sums)
+        # The last step's update has no loss of its own to show a blow-up: the weights are checked.
+        bad = first_nonfinite(model.state_dict()) or first_nonfinite(optimizer.state_dict(), "optimizer")
+        if ctx.any(bad is not None):
+            raise _diverged(f"{bad or 'a weight'} holds NaN or infinite values after the last step", epoch,
+                            files, saved_epoch)
         val_top1, val_top5 = _validate(model, val_stream, mean, input_size, ctx, channels_last, show)
         lr_before = optimizer.param_groups[0]["lr"]
         if not started and left_chance(val_top1, len(train_ds.classes), len(val_ds)):
@@ -253,6 +298,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         if ctx.is_main:
             _save_epoch(files, model, optimizer, scheduler, epoch, metrics, best, meta, improved,
                         epoch in config.snapshots or epoch == config.epochs, config, started)
+        saved_epoch = epoch
         ctx.barrier()
         log.info("epoch %d/%d  loss %.4f  train top-1 err %.2f%%  val top-1 err %.2f%%  top-5 err %.2f%%  "
                  "lr %.3g  %.0fs (%.0f img/s)", epoch, config.epochs, row["train_loss"],

@@ -17,7 +17,6 @@ layer-2 features, with the fraction of dead layer-1 filters and their aliasing (
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -340,10 +339,12 @@ def _rel(path: Path, out: Path) -> str:
 
 
 def _run_data(run: LoadedRun) -> str:
-    try:
-        return str(json.loads((run.root / "config.json").read_text())["data"])
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"no data given and {run.root}/config.json names none ({err})") from None
+    from ..train.checkpoint import RunFiles, load_run_config
+
+    files = RunFiles(run.root)
+    if not files.config.is_file():
+        raise ValueError(f"no data given and {run.root} has no config.json naming its data")
+    return load_run_config(files.config).data
 
 
 def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | LoadedRun, out: str | Path, *,
