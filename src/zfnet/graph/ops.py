@@ -75,6 +75,9 @@ _RECTIFIER_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.celu
 _RECTIFIER_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
                       "clamp_min_", "clip", "clip_"}
 _GATES = (nn.Sigmoid, nn.Hardsigmoid)
+# activations with f(0) = 0 (module class names lower-cased, function names)
+_ZERO_AT_ZERO = {"relu", "relu6", "leaky_relu", "leakyrelu", "elu", "celu", "selu", "gelu", "silu", "mish",
+                 "hardswish", "tanh", "prelu"}
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.sigmoid_}
 _GATE_METHODS = {"sigmoid", "sigmoid_"}
 _PASS_METHODS = {"contiguous", "clone", "detach", "float", "type_as", "to"}
@@ -120,6 +123,7 @@ class Op:
     local = False
     needs_inputs = False
     gate = False  # a sigmoid-type activation: a gate when it multiplies a feature map
+    keeps_zero = False  # zero inputs give a zero output (so padding stays padding through it)
 
     def __init__(self, fn: Callable, label: str, module: nn.Module | None = None) -> None:
         self.fn = fn
@@ -175,6 +179,7 @@ class Passthrough(Op):
     """Identity, dropout and stochastic depth in eval mode, ``contiguous``/``clone``: the signal passes."""
 
     kind = "pass"
+    keeps_zero = True
     local = True
 
     def run(self, args, kwargs):
@@ -209,6 +214,7 @@ class LRN(Op):
     """Local response normalisation across maps: the signal passes unchanged (the paper's rule)."""
 
     kind = "lrn"
+    keeps_zero = True
     local = True
 
     def geometry(self, in_shapes, out_shape):
@@ -243,6 +249,20 @@ class Conv(Op):
     def __init__(self, fn, label, module=None, params: dict[str, Any] | None = None) -> None:
         super().__init__(fn, label, module)
         self.params = params or {}  # functional form: the fx args other than the input
+        self._cl_key: tuple | None = None
+        self._cl_weight: torch.Tensor | None = None
+
+    def _weight_like(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The filters in ``x``'s memory order: channels-last maps with channels-last filters run without
+        reordering the filters at every call (a copy kept while the weights stay the same)."""
+        if x.dim() != 4 or weight.dtype != x.dtype or not x.is_contiguous(memory_format=torch.channels_last) \
+                or x.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last):
+            return weight.to(x.dtype)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._cl_key != key:
+            self._cl_weight = weight.detach().contiguous(memory_format=torch.channels_last)
+            self._cl_key = key
+        return self._cl_weight  # type: ignore[return-value]
 
     def _conv(self, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None, tuple, Any, tuple, int]:
         if self.module is not None:
@@ -280,7 +300,7 @@ class Conv(Op):
 
     def run_window(self, args, kwargs, record):
         weight, bias, stride, _, dilation, groups = self._conv(args, kwargs)
-        return F.conv2d(args[0], weight, bias, stride, 0, dilation, groups), None
+        return F.conv2d(args[0], self._weight_like(weight, args[0]), bias, stride, 0, dilation, groups), None
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         weight, _, stride, padding, dilation, groups = self._conv(args, kwargs)
@@ -290,7 +310,7 @@ class Conv(Op):
         rest = tuple(in_shapes[0][1 + j] + 2 * g.padding[j] - span[j] for j in range(2))
         symmetric = not isinstance(padding, str) or all(dilation[j] * (weight.shape[2 + j] - 1) % 2 == 0
                                                          for j in range(2))
-        w_ = weight.to(signal.dtype)
+        w_ = self._weight_like(weight, signal)
         if symmetric and all(0 <= rest[j] < max(stride[j], dilation[j]) for j in range(2)):
             return [F.conv_transpose2d(signal, w_, None, stride, g.padding, rest, groups, dilation)]
         # General case ("same" padding with an even kernel, unused trailing rows): transpose without
@@ -303,7 +323,7 @@ class Conv(Op):
 
     def adjoint_window(self, signal, ctx, inputs, in_sizes, args, kwargs):
         weight, _, stride, _, dilation, groups = self._conv(args, kwargs)
-        return [F.conv_transpose2d(signal, weight.to(signal.dtype), None, stride, 0, 0, groups, dilation)]
+        return [F.conv_transpose2d(signal, self._weight_like(weight, signal), None, stride, 0, 0, groups, dilation)]
 
     def macs(self, out_numel):
         return self._macs
@@ -560,6 +580,9 @@ class Add(Op):
     def geometry(self, in_shapes, out_shape):
         return POINTWISE
 
+    def bind(self, args, kwargs, in_shapes, out_shape) -> None:
+        self.keeps_zero = len(in_shapes) >= 2  # a sum of maps; plus a constant is a bias
+
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         alpha = kwargs.get("alpha", 1)
         out = []
@@ -574,6 +597,7 @@ class Scale(Op):
     by the factor's forward value (the adjoint, for a constant); nothing goes into a gate's branch."""
 
     kind = "scale"
+    keeps_zero = True  # 0 * g = 0, 0 / c = 0
     local = True
     needs_inputs = True
 
@@ -601,6 +625,7 @@ class Cat(Op):
     """Concatenation: the signal is split among the inputs."""
 
     kind = "cat"
+    keeps_zero = True
     local = True
 
     def run(self, args, kwargs):
@@ -627,6 +652,7 @@ class Split(Op):
     """``chunk`` / ``split``: a tuple of parts; the parts' signals are concatenated back (zeros where none)."""
 
     kind = "split"
+    keeps_zero = True
     local = True
 
     def __init__(self, fn, label, module=None, dim: int = 0) -> None:
@@ -644,6 +670,7 @@ class GetItem(Op):
     """One part of a tuple (after ``chunk``/``split``): its signal goes to that slot of the tuple."""
 
     kind = "getitem"
+    keeps_zero = True
     local = True
 
     def geometry(self, in_shapes, out_shape):
@@ -676,6 +703,7 @@ class Reshape(Op):
     where they are merged (the classifier's flatten)."""
 
     kind = "reshape"
+    keeps_zero = True
 
     def __init__(self, fn, label, module=None, name: str = "") -> None:
         super().__init__(fn, label, module)
@@ -747,6 +775,7 @@ def _module_op(module: nn.Module, label: str) -> Op:
         op = Rectifier(twin.__call__, label, module)
         op.gate = isinstance(module, _GATES)
         op.relu = type(module) is nn.ReLU
+        op.keeps_zero = type(module).__name__.lower() in _ZERO_AT_ZERO
         return op
     if isinstance(module, DROPOUT_MODULES + (nn.Identity,)):
         return Passthrough(call, label, module)
@@ -802,6 +831,7 @@ def resolve_function(target: Any, args: Sequence[Any], kwargs: dict[str, Any],
         op = Rectifier(fn, label)
         op.gate = (method in _GATE_METHODS) if method is not None else target in _GATE_FUNCTIONS
         op.relu = base == "relu" and not args[1:] and not {k for k in kwargs if k != "inplace"}
+        op.keeps_zero = base in _ZERO_AT_ZERO and not (base == "hardtanh" and (args[1:] or kwargs))
         return op
     if method is None and target is F.conv2d:
         return Conv(fn, label)

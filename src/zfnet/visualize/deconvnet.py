@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import Graph, Layout, Window, crop, eval_mode, trace, uncrop, window_slice
+from ..graph import POINTWISE, Graph, Layout, Window, crop, eval_mode, trace, uncrop, window_slice
 from ..graph.ops import DROPOUT_MODULES, RECTIFIER_MODULES
 
 __all__ = ["Deconvnet", "SUPPORTED_MODULES", "KEEP_MODES"]
@@ -364,6 +364,8 @@ class _Engine:
             if node.op.needs_inputs:
                 inputs[i] = [cut[r] for r in node.inputs]
             win = wins[i]
+            if node.op.keeps_zero:  # its inputs hold zeros off the map, and so does its output
+                continue
             if isinstance(values[i], torch.Tensor):
                 win.fill_outside_(values[i], 0.0, layout.axes[i])
             else:
@@ -375,12 +377,13 @@ class _Engine:
         signal = torch.zeros_like(act)
         signal[items, chans, 0, 0] = vals
         signals: dict[int, Any] = {self.target: signal}
+        spilled: set[int] = set()  # nodes whose signal a kernel op's adjoint spread past the map
         for i in reversed(self.signal_nodes):
             if i == 0 or i not in signals:
                 continue
             node, s = graph.nodes[i], signals.pop(i)
             s = self._complete(i, s, values)
-            if isinstance(s, torch.Tensor):
+            if isinstance(s, torch.Tensor) and i in spilled:
                 wins[i].fill_outside_(s, 0.0, layout.axes[i])
             in_sizes = [tuple(self._read_shape(values[r], reads.get((i, r), wins[r]), layout.axes[r]))
                         for r in node.inputs]
@@ -389,10 +392,12 @@ class _Engine:
             for r, out in zip(node.inputs, outs):
                 need = reads.get((i, r), wins[r])
                 self._accumulate(signals, r, out, wins[r], need, values[r], layout.axes[r])
+                if layout.geometry[i] != POINTWISE:
+                    spilled.add(r)
         image = signals.get(0)
         if image is None:
             return torch.zeros_like(self.x[rows]), vals
-        return uncrop(wins[0].fill_outside_(image, 0.0), wins[0]), vals
+        return uncrop(image, wins[0]), vals  # only the part on the image is copied
 
     def _in_place(self, i: int, cut: dict[int, Any], values: dict[int, Any]) -> bool:
         """Whether node ``i`` is a plain ReLU whose input value nothing else reads (so it may overwrite it)."""
