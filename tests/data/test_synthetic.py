@@ -331,3 +331,13 @@ def test_a_linear_classifier_on_raw_pixels_does_poorly():
     # accuracy near 0.1 on 200 images is 0.02, so 0.3 is ten of them above chance: only a real leak of
     # the class into colour, brightness or position would cross it, and 0.3 is far from "trivial".
     assert val_acc < 0.3, f"raw pixels predict the class ({val_acc:.2f}): the data set leaks its labels"
+
+
+@pytest.mark.parametrize("size", [31, 1025, 10**7, 2.5, True, "64"])
+def test_an_absurd_image_size_is_refused_before_anything_is_written(tmp_path, size):
+    from zfnet.data.synthetic import write_synthetic
+    from zfnet.errors import ZFNetError
+
+    with pytest.raises(ZFNetError, match="size must be an integer from 32 to 1024 pixels"):
+        write_synthetic(tmp_path / "s", classes=2, per_class=1, size=size, progress=False)
+    assert not (tmp_path / "s").exists()

@@ -377,15 +377,12 @@ def run_variant(config, *, show_progress: bool = True) -> bool:
         ZFNetError: the folder holds a run made with other settings, or with more epochs than asked.
     """
     from ..train import train
-    from ..train.checkpoint import RunFiles, is_run_dir
+    from ..train.checkpoint import RunFiles, is_run_dir, load_run_config
 
     run = Path(config.out)
     files = RunFiles(run)
     if files.config.is_file():
-        try:
-            saved = json.loads(files.config.read_text())
-        except ValueError as err:
-            raise ZFNetError(f"{files.config} is not valid JSON: {err}") from None
+        saved = load_run_config(files.config).to_json()  # every option checked by type and range
         wanted = config.to_json()
         if isinstance(saved.get("data"), str):  # a run stores its data folder resolved
             saved["data"] = str(Path(saved["data"]).expanduser().resolve())

@@ -63,6 +63,7 @@ VERSION = 1
 # While a set replaces another, the files of both: a folder killed then is still known as zfnet's.
 PENDING = "zfnet-synthetic-pending.json"
 MIN_SIZE = 32
+MAX_SIZE = 1024  # the largest image side it draws: a bigger request is refused before anything is drawn
 
 # Faces stay near upright so that "left eye" always names the same part; every other shape may
 # take any rotation, since no class of a set is a rotation of another (no mirror images are drawn).
@@ -365,8 +366,9 @@ class SyntheticSample:
 
 
 def _check_size(size: int) -> None:
-    if int(size) != size or size < MIN_SIZE:
-        raise ZFNetError(f"size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or int(size) != size \
+            or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ZFNetError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels, got {size!r}")
 
 
 def render_sample(class_name: str, rng: np.random.Generator, size: int = 128,
