@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.cli import one_line_error
 
 from zfnet.cli import main
 
@@ -29,39 +30,23 @@ def test_help_documents_defaults_once(argv, capsys, monkeypatch):
         assert "(default: cores - 1)" in out
 
 
-def _one_line_error(capsys, argv, *needles):
-    """Run the CLI and check it failed with status 2 and exactly one line naming the problem."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 def test_unknown_model_lists_valid_choices(capsys, tiny_tree, tmp_path):
     argv = ["train", "--data", str(tiny_tree), "--model", "vgg16", "--out", str(tmp_path / "r")]
-    line = _one_line_error(capsys, argv, "vgg16", "zfnet-tiny")
+    line = one_line_error(capsys, argv, "vgg16", "zfnet-tiny")
     assert line.startswith("zfnet train: error:")
 
 
 def test_missing_data_path(capsys, tmp_path):
-    _one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--model", "zfnet-tiny",
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--model", "zfnet-tiny",
                              "--out", str(tmp_path / "r")], "does not exist")
 
 
 def test_impossible_size_and_bad_values(capsys, tiny_tree, tmp_path):
-    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--remove", "conv5",
+    one_line_error(capsys, ["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--remove", "conv5",
                              "--out", str(tmp_path / "r")], "cannot remove")
-    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--epochs", "0", "--out", str(tmp_path / "r")],
+    one_line_error(capsys, ["train", "--data", str(tiny_tree), "--epochs", "0", "--out", str(tmp_path / "r")],
                     "--epochs")
-    _one_line_error(capsys, ["evaluate", str(tmp_path / "norun"), "--data", str(tiny_tree)], "does not exist")
+    one_line_error(capsys, ["evaluate", str(tmp_path / "norun"), "--data", str(tiny_tree)], "does not exist")
 
 
 def test_crafted_checkpoint_via_cli(capsys, tiny_tree, tmp_path):
@@ -77,7 +62,7 @@ def test_crafted_checkpoint_via_cli(capsys, tiny_tree, tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"data": str(tiny_tree), "out": str(run), "model": "zfnet-tiny"}))
     torch.save({"format": "zfnet-train-state-v1", "epoch": 1, "model": Exploit()}, run / "last.pt")
-    _one_line_error(capsys, ["train", "--out", str(run), "--resume"], "refusing to load")
+    one_line_error(capsys, ["train", "--out", str(run), "--resume"], "refusing to load")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -90,7 +75,7 @@ def test_config_file_and_flags(tiny_tree, tmp_path, capsys):
     assert saved["batch_size"] == 6 and saved["lr"] == 0.005 and saved["epochs"] == 1
     assert "run directory:" in capsys.readouterr().out
     # resume cannot change the model
-    _one_line_error(capsys, ["train", "--out", str(run), "--resume", "--model", "alexnet-tiny"], "cannot change")
+    one_line_error(capsys, ["train", "--out", str(run), "--resume", "--model", "alexnet-tiny"], "cannot change")
     # ... but can train longer
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
@@ -129,26 +114,26 @@ def test_visualize_command(tiny_tree, tmp_path, capsys):
     assert all(len(m) == 2 for m in index["layers"].values())
     assert (out / "top4-conv5.png").is_file() and (out / "filters-conv1.png").is_file()
     capsys.readouterr()
-    _one_line_error(capsys, ["visualize", str(run), "--data", str(tiny_tree), "--layers", "conv9",
+    one_line_error(capsys, ["visualize", str(run), "--data", str(tiny_tree), "--layers", "conv9",
                              "--out", str(out)], "conv9", "conv5")
 
 
 def test_resume_only_continues_a_zfnet_run(capsys, tiny_tree, tmp_path):
-    _one_line_error(capsys, ["train", "--out", str(tmp_path / "absent"), "--resume"], "does not exist")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "absent"), "--resume"], "does not exist")
     assert not (tmp_path / "absent").exists()
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / ".notes.tmp").write_text("the user's")
     (photos / "cat.jpg").write_bytes(b"the user's")
     for extra in ([], ["--data", str(tiny_tree)]):
-        _one_line_error(capsys, ["train", "--out", str(photos), "--resume", *extra], "not a zfnet run")
+        one_line_error(capsys, ["train", "--out", str(photos), "--resume", *extra], "not a zfnet run")
     assert sorted(p.name for p in photos.iterdir()) == [".notes.tmp", "cat.jpg"]  # nothing cleaned, nothing added
     (tmp_path / "empty").mkdir()
-    _one_line_error(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"], "is empty")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"], "is empty")
 
 
 def test_snapshots_must_be_epochs(capsys, tiny_tree, tmp_path):
-    _one_line_error(capsys, ["train", "--data", str(tiny_tree), "--snapshots", "-3", "--out", str(tmp_path / "r")],
+    one_line_error(capsys, ["train", "--data", str(tiny_tree), "--snapshots", "-3", "--out", str(tmp_path / "r")],
                     "snapshots")
     assert not (tmp_path / "r").exists()
 
@@ -168,7 +153,7 @@ def test_a_relative_data_path_resumes_from_anywhere(capsys, tiny_tree, tmp_path,
     assert main(["train", "--out", str(run), "--resume", "--data", str(tiny_tree), "--epochs", "3", *common]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     capsys.readouterr()
-    _one_line_error(capsys, ["train", "--out", str(run), "--resume", "--data", str(tmp_path)], "cannot change")
+    one_line_error(capsys, ["train", "--out", str(run), "--resume", "--data", str(tmp_path)], "cannot change")
 
 
 FOLDER_COMMANDS = [
@@ -196,5 +181,5 @@ def test_every_command_that_writes_a_folder_is_refused_while_another_process_wri
     with held_by_another_process(out) as pid:
         for argv in FOLDER_COMMANDS:
             argv = [a.format(data=tiny_tree, out=out, run=tmp_path / "run") for a in argv]
-            _one_line_error(capsys, argv, str(out), "in use", f"PID {pid}")
+            one_line_error(capsys, argv, str(out), "in use", f"PID {pid}")
             assert sorted(p.name for p in out.iterdir()) == [".zfnet.lock"], argv  # the holder's alone

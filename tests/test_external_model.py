@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import one_line_error
 from safetensors.torch import save_file
 
 from zfnet.cli import main
@@ -160,21 +161,6 @@ def _reference(path: Path, seed: int = 1) -> torch.nn.Module:
     return module.TinyCNN().eval()
 
 
-def _one_line_error(capsys, argv, *needles) -> str:
-    """Run the CLI: status 2, one line on stderr naming the problem, no traceback."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 # ----------------------------------------------------------------------------------------- loading
 
 def test_python_file_factory_and_weights_round_trip(cnn_file, tmp_path):
@@ -244,7 +230,7 @@ def test_crafted_pickle_runs_nothing(cnn_file, tmp_path, tiny_tree, capsys):
     torch.save({"state_dict": Exploit()}, evil)
     with pytest.raises(CheckpointError, match="refusing to load"):
         read_state_dict(evil)
-    _one_line_error(capsys, ["evaluate", "--model", f"{cnn_file}:tiny_cnn", "--weights", str(evil),
+    one_line_error(capsys, ["evaluate", "--model", f"{cnn_file}:tiny_cnn", "--weights", str(evil),
                              "--input-size", str(SIZE), "--data", str(tiny_tree)], "refusing to load", str(evil))
     assert not marker.exists()
 
@@ -405,11 +391,11 @@ def test_invariance_of_a_model_from_a_file(cnn_file, tmp_path, tiny_tree):
 
 def test_run_and_model_are_exclusive(cnn_file, tmp_path, tiny_tree, capsys):
     spec = f"{cnn_file}:tiny_cnn"
-    _one_line_error(capsys, ["evaluate", str(tmp_path / "run"), "--model", spec, "--data", str(tiny_tree)],
+    one_line_error(capsys, ["evaluate", str(tmp_path / "run"), "--model", spec, "--data", str(tiny_tree)],
                     "not both")
-    _one_line_error(capsys, ["occlusion", "--image", "a.png", "--out", str(tmp_path / "o")],
+    one_line_error(capsys, ["occlusion", "--image", "a.png", "--out", str(tmp_path / "o")],
                     "give a run directory, or --model")
-    _one_line_error(capsys, ["visualize", str(tmp_path / "run"), "--data", str(tiny_tree), "--out",
+    one_line_error(capsys, ["visualize", str(tmp_path / "run"), "--data", str(tiny_tree), "--out",
                              str(tmp_path / "v"), "--normalize", "imagenet", "--input-size", "64"],
                     "--input-size, --normalize describe a --model")
     with pytest.raises(ZFNetError, match="not both"):
@@ -418,30 +404,30 @@ def test_run_and_model_are_exclusive(cnn_file, tmp_path, tiny_tree, capsys):
 
 def test_flag_errors_are_one_line(cnn_file, tmp_path, tiny_tree, capsys):
     base = ["evaluate", "--model", f"{cnn_file}:tiny_cnn", "--data", str(tiny_tree)]
-    _one_line_error(capsys, [*base, "--input-size", "8"], "--input-size", "from 16 to 2048")
-    _one_line_error(capsys, [*base, "--mean", "0.5,0.5"], "--mean", "three")
-    _one_line_error(capsys, [*base, "--mean", "0.5,0.5,0.5"], "--mean and --std go together")
-    _one_line_error(capsys, [*base, "--normalize", "imagenet", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"],
+    one_line_error(capsys, [*base, "--input-size", "8"], "--input-size", "from 16 to 2048")
+    one_line_error(capsys, [*base, "--mean", "0.5,0.5"], "--mean", "three")
+    one_line_error(capsys, [*base, "--mean", "0.5,0.5,0.5"], "--mean and --std go together")
+    one_line_error(capsys, [*base, "--normalize", "imagenet", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"],
                     "not both")
-    _one_line_error(capsys, [*base, "--normalize", "caffe"], "invalid choice")
-    _one_line_error(capsys, [*base, "--input-size", str(SIZE), "--model", f"{cnn_file}:nope"],
+    one_line_error(capsys, [*base, "--normalize", "caffe"], "invalid choice")
+    one_line_error(capsys, [*base, "--input-size", str(SIZE), "--model", f"{cnn_file}:nope"],
                     "has no 'nope'", "tiny_cnn")
-    _one_line_error(capsys, [*base, "--input-size", str(SIZE), "--classes", str(_write(tmp_path, "c.txt", "a\nb\n"))],
+    one_line_error(capsys, [*base, "--input-size", str(SIZE), "--classes", str(_write(tmp_path, "c.txt", "a\nb\n"))],
                     "names 2 classes but", "has 3 outputs")
     two = tmp_path / "two"
     for split in ("train", "val"):
         for c in ("x", "y"):
             (two / split / c).mkdir(parents=True)
-    _one_line_error(capsys, ["evaluate", "--model", f"{cnn_file}:tiny_cnn", "--input-size", str(SIZE),
+    one_line_error(capsys, ["evaluate", "--model", f"{cnn_file}:tiny_cnn", "--input-size", str(SIZE),
                              "--data", str(two)], "2 class folders but", "--classes FILE")
 
 
 def test_a_model_that_cannot_be_traced_is_one_line(tmp_path, tiny_tree, capsys):
     path = _write(tmp_path, "branchy.py", UNTRACEABLE)
-    _one_line_error(capsys, ["visualize", "--model", f"{path}:branchy", "--input-size", str(SIZE), "--data",
+    one_line_error(capsys, ["visualize", "--model", f"{path}:branchy", "--input-size", str(SIZE), "--data",
                              str(tiny_tree), "--out", str(tmp_path / "v")], "cannot trace", "branchy")
     image = sorted((tiny_tree / "val" / "bar").iterdir())[0]
-    _one_line_error(capsys, ["occlusion", "--model", f"{path}:branchy", "--input-size", str(SIZE), "--image",
+    one_line_error(capsys, ["occlusion", "--model", f"{path}:branchy", "--input-size", str(SIZE), "--image",
                              str(image), "--out", str(tmp_path / "o")], "cannot trace")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.cli import one_line_error
 from helpers.runs import CLASSES, weights, write_run
 
 from zfnet._validate import field_limits
@@ -96,18 +97,6 @@ def _ids(cases):
     return [f"{name}={json.dumps(v)[:20]}" for name, v in cases]
 
 
-def _one_line(capsys, argv: list[str]) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 CONFIGS = (TrainConfig, ConvNetConfig, WeightsMetadata, ScratchRecipe)
 
 
@@ -152,7 +141,7 @@ def test_train_config_file_values(field, value, data, tmp_path, capsys):
     config = {"data": str(data), "model": "zfnet-tiny", "epochs": 1, field: value}
     (tmp_path / "run.json").write_text(json.dumps(config))
     out = tmp_path / "out"
-    line = _one_line(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(out), "--quiet"])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(out), "--quiet"])
     assert field in line or field == "model", line
     assert not out.exists()
 
@@ -166,7 +155,7 @@ def test_model_options_in_a_config_file(field, value, data, tmp_path, capsys):
     config = {"data": str(data), "model": "zfnet-tiny", "epochs": 1, "model_options": {field: value}}
     (tmp_path / "run.json").write_text(json.dumps(config))
     out = tmp_path / "out"
-    line = _one_line(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(out)])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(out)])
     assert field in line, line
     assert not out.exists()
 
@@ -174,7 +163,7 @@ def test_model_options_in_a_config_file(field, value, data, tmp_path, capsys):
 @pytest.mark.parametrize("text", ["[1, 2]", '"epochs"', "null", "{", '{"epochs": 1, "epochs": "x"}'])
 def test_a_config_file_that_is_not_a_table(text, tmp_path, capsys):
     (tmp_path / "run.json").write_text(text)
-    _one_line(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")])
+    one_line_error(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -182,7 +171,7 @@ def test_a_model_too_large_to_allocate_is_refused_before_it_is(data, tmp_path, c
     # Each width is within its range; the parameter count is not (the model would need ~17 GiB).
     config = {"data": str(data), "model": "zfnet", "model_options": {"fc": [65536, 65536]}}
     (tmp_path / "run.json").write_text(json.dumps(config))
-    line = _one_line(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")])
     assert "parameters" in line and "2,000,000,000" in line
     assert not (tmp_path / "out").exists()
 
@@ -221,7 +210,7 @@ def test_every_numeric_flag_is_checked_with_finite_limits():
                          ids=[f"{' '.join(p)} {f}" for p, f, _ in NUMERIC])
 def test_numeric_flags_refuse_absurd_and_non_finite_values(path, flag, kind, capsys):
     for text in ("nan", "inf", "-inf", "1e30", "-1e30", "1" + "0" * 40, "-" + "1" * 40, "abc", ""):
-        line = _one_line(capsys, [*path, f"{flag}={text}"])
+        line = one_line_error(capsys, [*path, f"{flag}={text}"])
         assert flag in line, line
 
 
@@ -246,7 +235,7 @@ def _commands(run: Path, data: Path, image: Path, out: Path) -> dict[str, list[s
 def _refused(capsys, run: Path, data: Path, image: Path, tmp_path: Path, commands=("evaluate",), *needles) -> None:
     for command in commands:
         out = tmp_path / f"out-{command}"
-        line = _one_line(capsys, _commands(run, data, image, out)[command])
+        line = one_line_error(capsys, _commands(run, data, image, out)[command])
         for needle in needles:
             assert needle in line, line
         assert not out.exists(), command
@@ -342,7 +331,7 @@ def test_resume_with_a_crafted_saved_config(data, tmp_path, capsys):
     for config in ([1, 2], {"data": str(data), "out": str(run), "epochs": 1e300}):
         (run / "config.json").write_text(json.dumps(config))
         before = sorted(p.name for p in run.iterdir())
-        _one_line(capsys, ["train", "--out", str(run), "--resume"])
+        one_line_error(capsys, ["train", "--out", str(run), "--resume"])
         assert sorted(p.name for p in run.iterdir()) == before
 
 
