@@ -107,12 +107,14 @@ def crop(t: torch.Tensor, rows: torch.Tensor, window: Window, fill: float,
     return out
 
 
-def uncrop(t: torch.Tensor, window: Window, axes: tuple[int, int] = (2, 3)) -> torch.Tensor:
-    """Adjoint of :func:`crop` with one item per row: windows placed on zero maps."""
+def uncrop(t: torch.Tensor, window: Window, axes: tuple[int, int] = (2, 3), *,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Adjoint of :func:`crop` with one item per row: windows placed on zero maps (``out``, if given,
+    must hold zeros)."""
     (h, w), (height, width) = window.size, window.real
     shape = list(t.shape)
     shape[axes[0]], shape[axes[1]] = height, width
-    out = t.new_zeros(shape)
+    out = t.new_zeros(shape) if out is None else out
     for i, (oy, ox) in enumerate(window.offset.tolist()):
         sy, sx = spans(oy, h, height), spans(ox, w, width)
         if sy is not None and sx is not None:

@@ -194,8 +194,8 @@ class Deconvnet:
                 step = engine.chunk(single=True, n=n)
                 for lo in range(0, n, step):
                     sl = slice(lo, lo + step)
-                    proj, val = engine.cone(rows[sl], chans[sl], positions[sl])
-                    result[sl], values[sl], where[sl] = proj, val, positions[sl]
+                    val = engine.cone(rows[sl], chans[sl], positions[sl], dest=result[sl])
+                    values[sl], where[sl] = val, positions[sl]
             else:
                 engine.shared(rows, chans, positions, keep, result, values, where)
         return result, values, where
@@ -339,9 +339,10 @@ class _Engine:
 
     # -- cone: one activation inside its receptive field ------------------------------------------
 
-    def cone(self, rows: torch.Tensor, chans: torch.Tensor, positions: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward of single activations, each inside its receptive field only."""
+    def cone(self, rows: torch.Tensor, chans: torch.Tensor, positions: torch.Tensor, dest: torch.Tensor
+             ) -> torch.Tensor:
+        """Forward and backward of single activations, each inside its receptive field only: the
+        projections are written into ``dest`` (zeros, (N, C, H, W)); returns the activations' values."""
         graph, layout = self.graph, self.layout
         wins, reads = self.windows(positions)
         # Channels-last maps run faster on CPUs (max-pooling with indices about 4x, transposed
@@ -354,7 +355,8 @@ class _Engine:
             if node.kind != "op":
                 values[i], _ = graph.call(i, values.__getitem__)
                 continue
-            cut = {r: self._read(values[r], wins[r], reads.get((i, r), wins[r]), node.op.pad_value, layout.axes[r])
+            cut = {r: self._read(values[r], wins[r], reads.get((i, r), wins[r]), node.op.pad_value, layout.axes[r],
+                                 sole=self._sole_reader(i, r))
                    for r in node.inputs}
             if self._in_place(i, cut, values):
                 values[i], ctxs[i] = node.op.run_in_place(cut[node.inputs[0]]), None
@@ -395,9 +397,14 @@ class _Engine:
                 if layout.geometry[i] != POINTWISE:
                     spilled.add(r)
         image = signals.get(0)
-        if image is None:
-            return torch.zeros_like(self.x[rows]), vals
-        return uncrop(image, wins[0]), vals  # only the part on the image is copied
+        if image is not None:
+            uncrop(image, wins[0], out=dest)  # only the part on the image is copied
+        return vals
+
+    def _sole_reader(self, i: int, r: int) -> bool:
+        """Whether node ``i`` is the only reader of node ``r``'s value (forward and backward alike)."""
+        readers = [c for c in self.graph.nodes[r].consumers if c in self.forward_set]
+        return readers == [i] and r not in self.kept and r != self.target and r != 0
 
     def _in_place(self, i: int, cut: dict[int, Any], values: dict[int, Any]) -> bool:
         """Whether node ``i`` is a plain ReLU whose input value nothing else reads (so it may overwrite it)."""
@@ -415,8 +422,10 @@ class _Engine:
         rel = need.offset - have.offset
         return rel, bool((rel == rel[:1]).all()) if len(rel) else True
 
-    def _read(self, value: Any, have: Window, need: Window, pad: float, axes: tuple[int, int] | None) -> Any:
-        """The part ``need`` of a node's window value ``have`` (a copy with ``pad`` off the map if needed)."""
+    def _read(self, value: Any, have: Window, need: Window, pad: float, axes: tuple[int, int] | None,
+              sole: bool = False) -> Any:
+        """The part ``need`` of a node's window value ``have``, with ``pad`` off the map (in place when the
+        reader is the value's ``sole`` reader, else on a copy)."""
         if isinstance(value, (list, tuple)):
             return type(value)(self._read(v, have, need, pad, axes) for v in value)
         if axes is None:
@@ -431,7 +440,8 @@ class _Engine:
             out = crop(value, torch.arange(len(value), device=value.device),
                        Window(rel, need.size, have.size), 0.0, axes)
         if pad != 0.0 and not need.inside:
-            out = out.clone()
+            if not (sole and out is value):
+                out = out.clone()
             need.fill_outside_(out, pad, axes)
         return out
 
