@@ -10,8 +10,11 @@
 re-initialised by its ``randomize_`` (He weights, random BatchNorm statistics, logits spread 2 across classes:
 with torchvision's initialisation ResNet-50's softmax saturates and every probability is ~1e-39, which
 would make the exactness check empty), in eval mode; their default stride is 16 and their panel-(b)/(c)
-layer ``layer4`` and ``features.29`` (conv5_3's ReLU). ``--stages`` times, after the rounds, one exact
-run stage by stage from outside (``zfnet.analysis.occlusion``'s engine methods wrapped with timers).
+layer ``layer4`` and ``features.29`` (conv5_3's ReLU). ``--stages`` times, after the rounds, two exact
+runs stage by stage from outside (``zfnet.analysis.occlusion``'s engine methods wrapped with timers; the
+fastest time of each stage is printed).
+Every timed call is printed with the cores other processes kept busy meanwhile; ``--quiet-below CORES`` waits
+before each one until they use fewer (the machine is shared).
 
 Ways compared, alternating over ``--repeats`` rounds (the fastest round of each counts, so a busy
 machine hurts every way alike):

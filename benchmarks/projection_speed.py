@@ -3,6 +3,7 @@
     python benchmarks/projection_speed.py                # ZFNet conv5 and ResNet-50 layer4, 288 images
     python benchmarks/projection_speed.py --models zfnet --repeats 5
     python benchmarks/projection_speed.py --models resnet50 --chunks 8,16,32 --layouts nchw
+    python benchmarks/projection_speed.py --models zfnet --quiet-below 0.3 --retain-memory   # see docs/benchmarks.md
 
 For each of ``--images`` random images (seeded) one item: the image's strongest map of the layer (largest
 maximum) at the position of its maximum. Channels and positions are found first, outside the timing, by a
@@ -24,8 +25,11 @@ per image, as in the top-k case.
 
 Both are checked to give the same projections (largest |difference| over the largest |projection|, per image),
 then they alternate over ``--repeats`` rounds (the order swapped every round); the fastest round of each
-counts, the median is printed beside it. ResNet-50 and VGG-16 are the torchvision re-implementations of
-``tests/helpers/zoo.py`` (torchvision's initialisation, eval mode).
+counts, the median is printed beside it, with the cores other processes kept busy meanwhile
+(``--quiet-below`` waits for a quiet machine before each timed call). ``--retain-memory`` keeps freed host
+memory in the process for both ways (it helps the peer more). ``--zfnet-extra MIB`` adds a diagnostic way:
+zfnet on a channels-last copy of the model with ``chunk_bytes`` of MIB MiB. ResNet-50 and VGG-16 are the
+torchvision re-implementations of ``tests/helpers/zoo.py`` (torchvision's initialisation, eval mode).
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 
 from zfnet.models import build  # noqa: E402
 from zfnet.visualize import Deconvnet  # noqa: E402
