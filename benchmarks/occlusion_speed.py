@@ -48,6 +48,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from throughput import source_fingerprint, wait_for_quiet  # benchmarks/throughput.py
 from torch import nn
 
 from zfnet.analysis.occlusion import occlusion
@@ -55,42 +56,6 @@ from zfnet.models import build
 
 LAYERS = {"zfnet": "conv5", "resnet50": "layer4", "vgg16": "features.29"}
 WAYS = ("exact", "approximate", "coarse", "brute")
-
-
-def source_fingerprint() -> str:
-    """Which zfnet source was measured: HEAD, whether the tree differs from it, a hash of src/zfnet's files."""
-    import hashlib
-    import subprocess
-
-    import zfnet
-
-    root = Path(zfnet.__file__).resolve().parent
-    files = sorted(root.rglob("*.py"))
-    digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:10]
-    newest = time.strftime("%H:%M:%S", time.gmtime(max(f.stat().st_mtime for f in files)))
-    try:
-        head = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        head = "?"
-    return f"zfnet source {head}, src/zfnet hash {digest} (newest file {newest} UTC)"
-
-
-def wait_for_quiet(limit: float, timeout: float) -> float:
-    """Wait until other processes keep fewer than ``limit`` cores busy over 2 s (at most ``timeout`` s).
-
-    Returns the seconds waited. The machine is shared: a call that starts while another job holds a core
-    runs at half speed or less, and its time says little.
-    """
-    from throughput import OtherLoad  # benchmarks/throughput.py
-
-    start = time.perf_counter()
-    while limit > 0 and time.perf_counter() - start < timeout:
-        with OtherLoad() as other:
-            time.sleep(2.0)
-        if other.cores < limit:
-            break
-    return time.perf_counter() - start
 
 
 def make_model(name: str, size: int) -> nn.Module:
