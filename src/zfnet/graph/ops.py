@@ -168,6 +168,15 @@ class Op:
         """Record what the rules need of the traced call (its kernel geometry …), once."""
 
 
+class PointwiseOp(Op):
+    """An op whose output at a position reads its inputs at that position only."""
+
+    local = True
+
+    def geometry(self, in_shapes, out_shape):
+        return POINTWISE
+
+
 class Opaque(Op):
     """An op zfnet has no rule for: it runs, but the deconvnet, receptive fields and occlusion refuse it."""
 
@@ -175,63 +184,47 @@ class Opaque(Op):
         return False
 
 
-class Passthrough(Op):
+class Passthrough(PointwiseOp):
     """Identity, dropout and stochastic depth in eval mode, ``contiguous``/``clone``: the signal passes."""
 
     kind = "pass"
     keeps_zero = True
-    local = True
 
     def run(self, args, kwargs):
         return self.fn(*args, **kwargs) if self.module is None else args[0]
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         return [signal]
 
 
-class Rectifier(Op):
+class Rectifier(PointwiseOp):
     """Every point-wise activation: the signal goes back through a ReLU (the paper's rule for ReLU)."""
 
     kind = "rectifier"
-    local = True
     relu = False  # a plain ReLU, which an engine may run in place on a value nothing else reads
 
     def run_in_place(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass of a plain ReLU, overwriting ``x``."""
         return x.relu_()
 
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
-
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         return [signal.clamp_(min=0)]  # the engines hand every op a signal of its own
 
 
-class LRN(Op):
+class LRN(PointwiseOp):
     """Local response normalisation across maps: the signal passes unchanged (the paper's rule)."""
 
     kind = "lrn"
     keeps_zero = True
-    local = True
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         return [signal]
 
 
-class BatchNorm(Op):
+class BatchNorm(PointwiseOp):
     """BatchNorm2d in eval mode: the per-channel affine map; its adjoint scales by ``weight / sqrt(var + eps)``."""
 
     kind = "bn"
-    local = True
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         m = self.module
@@ -568,17 +561,13 @@ class Norm(Op):
         return self.adjoint(signal, ctx, inputs, [], args, kwargs)
 
 
-class Add(Op):
+class Add(PointwiseOp):
     """``a + b`` (a residual sum): the whole signal goes to every tensor input; a constant is a bias."""
 
     kind = "add"
-    local = True
 
     def run(self, args, kwargs):
         return self.fn(*args, **kwargs)
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def bind(self, args, kwargs, in_shapes, out_shape) -> None:
         self.keeps_zero = len(in_shapes) >= 2  # a sum of maps; plus a constant is a bias
@@ -592,13 +581,12 @@ class Add(Op):
         return out
 
 
-class Scale(Op):
+class Scale(PointwiseOp):
     """``x * g``, ``x / c``: multiplication by a gate, a layer scale or a constant. The signal is multiplied
     by the factor's forward value (the adjoint, for a constant); nothing goes into a gate's branch."""
 
     kind = "scale"
     keeps_zero = True  # 0 * g = 0, 0 / c = 0
-    local = True
     needs_inputs = True
 
     def __init__(self, fn, label, module=None, signal_arg: int = 0, divide: bool = False) -> None:
@@ -609,9 +597,6 @@ class Scale(Op):
     def run(self, args, kwargs):
         return self.fn(*args, **kwargs)
 
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
-
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         factor = args[1 - self.signal_arg]
         if isinstance(factor, torch.Tensor):
@@ -621,21 +606,17 @@ class Scale(Op):
         return [out.sum_to_size(shape) if tuple(out.shape) != shape else out]
 
 
-class Cat(Op):
+class Cat(PointwiseOp):
     """Concatenation: the signal is split among the inputs."""
 
     kind = "cat"
     keeps_zero = True
-    local = True
 
     def run(self, args, kwargs):
         return torch.cat(*args, **kwargs)
 
     def _dim(self, args, kwargs) -> int:
         return int(_arg(args, kwargs, 1, "dim", 0))
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         dim = self._dim(args, kwargs)
@@ -648,33 +629,25 @@ class Cat(Op):
         return list(signal.split([s[dim] for s in in_sizes], dim))
 
 
-class Split(Op):
+class Split(PointwiseOp):
     """``chunk`` / ``split``: a tuple of parts; the parts' signals are concatenated back (zeros where none)."""
 
     kind = "split"
     keeps_zero = True
-    local = True
 
     def __init__(self, fn, label, module=None, dim: int = 0) -> None:
         super().__init__(fn, label, module)
         self.dim = dim
 
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
-
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         return [torch.cat(signal, self.dim if self.dim >= 0 else signal[0].dim() + self.dim)]
 
 
-class GetItem(Op):
+class GetItem(PointwiseOp):
     """One part of a tuple (after ``chunk``/``split``): its signal goes to that slot of the tuple."""
 
     kind = "getitem"
     keeps_zero = True
-    local = True
-
-    def geometry(self, in_shapes, out_shape):
-        return POINTWISE
 
     def adjoint(self, signal, ctx, inputs, in_shapes, args, kwargs):
         return [("slot", int(args[1]), signal)]  # type: ignore[list-item]
