@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from zfnet._io import atomic_write_json
-from zfnet.analysis.jobs import map_box
+from zfnet.data.annotations import map_box
 from zfnet.analysis.occlusion import occlusion
 from zfnet.analysis.occlusion_job import default_window, occlusion_job, pointing_game
 from zfnet.cli import main

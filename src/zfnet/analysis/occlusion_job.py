@@ -26,7 +26,7 @@ from ..train.checkpoint import LoadedRun, load_run
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.layers import default_layers, traced_deconvnet
 from ..visualize.occlusion_figure import draw_occlusion
-from .jobs import map_box, read_part_annotations
+from ..data.annotations import map_box, read_part_annotations
 from .occlusion import MODES, OcclusionResult, occlusion
 
 __all__ = ["occlusion_job", "pointing_game", "default_window"]
