@@ -33,7 +33,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # A None default means "not given": the help text says what happens then. A help text that
         # states its default already gets no second one.
-        if action.default is None or "(default:" in (action.help or ""):
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -201,7 +201,127 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cache", "cache", _Checked.of("TrainConfig", "cache"), "keep decoded images in memory: auto, memory or none"),
     ("--device", "device", _Checked.of("TrainConfig", "device"), "auto, cpu, cuda or cuda:N"),
     ("--layout", "layout", _Checked.of("TrainConfig", "layout"), "data layout: auto, folders or imagenet"),
+    ("--train-crops", "train_crops", _Checked.of("TrainConfig", "train_crops"),
+     "training crops: ten (one of the paper's 10 crops at random) or random (any offset, flipped half the "
+     "time) (default: ten for a new run; with --resume, the run's own)"),
 ]
+
+
+_GENERATED_COMMANDS = ("occlusion",)
+"""Top-level commands whose flags come from their experiment's ``Config`` (see zfnet.experiments.base)."""
+_GENERATED_STUDIES: tuple[str, ...] = ()
+"""``zfnet experiment`` actions whose flags come from their experiment's ``Config``."""
+
+
+class _FieldType(_Checked):
+    """The argparse type of one config field: parsed, then checked by the field's own limits."""
+
+    def __init__(self, kind: type, limit: Any, csv: bool) -> None:
+        super().__init__(kind, csv=csv)
+        self._limit = limit
+
+    def _resolve(self) -> tuple[type, bool, Any]:
+        return self.kind, self.csv, self._limit
+
+
+def _field_flag(group: Any, f: Any, hint: Any) -> None:
+    """Add the flag of config field ``f`` (type hint ``hint``) to ``group``; its default is the field's."""
+    import dataclasses
+    import typing
+
+    from ._validate import Limits, field_limits
+    from .experiments.base import CLI, HELP
+
+    meta = f.metadata.get(CLI, {})
+    if not meta.get("show", True):
+        return
+    limit = field_limits(f) or Limits()
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is not tuple and args and len(args) == 1:
+        hint = args[0]
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    text = f.metadata.get(HELP, "")
+    if default not in (None, (), "") and "(default:" not in text:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{text} (default: {shown})"
+    name = meta.get("flag") or "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
+    if hint is bool:
+        kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        group.add_argument(name, **kwargs)
+        return
+    if typing.get_origin(hint) is tuple:
+        kind = typing.get_args(hint)[0]
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+            item = Limits(limit.low, limit.high, limit.low_open, limit.high_open, choices=limit.choices)
+            kwargs["type"] = _FieldType(kind, item, csv=False)
+        else:
+            kwargs["type"] = _FieldType(kind, limit, csv=True)
+    else:
+        kwargs["type"] = _FieldType(hint if hint in (int, float, str) else str, limit, csv=False)
+        if limit.choices is not None and limit.pattern is None:
+            kwargs["choices"] = limit.choices
+    if meta.get("positional"):
+        kwargs.pop("dest")
+        group.add_argument(f.name, nargs="?", **kwargs)
+    else:
+        group.add_argument(name, **kwargs)
+
+
+def _experiment_parser(sub: Any, name: str) -> argparse.ArgumentParser:
+    """The parser of experiment ``name``: one flag per field of its Config, plus --out, --config, --quiet."""
+    from dataclasses import fields
+
+    from .experiments import experiment
+    from .experiments.base import ModelSource, hints
+
+    module = experiment(name)
+    p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION, formatter_class=_Formatter,
+                       allow_abbrev=False)
+    p.set_defaults(experiment_module=name)
+    types = hints(module.Config)
+    own = [f for f in fields(module.Config) if f.name not in ModelSource.__dataclass_fields__]
+    source = [f for f in fields(module.Config) if f.name in ModelSource.__dataclass_fields__]
+    for f in source:
+        if f.name == "run":
+            _field_flag(p, f, types[f.name])
+    if source:
+        g = p.add_argument_group("a model zfnet did not train (instead of a run; see docs/own-model.md)")
+        for f in source:
+            if f.name not in ("run", "device"):
+                _field_flag(g if f.name != "weights" else p, f, types[f.name])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    for f in own:
+        _field_flag(p, f, types[f.name])
+    for f in source:
+        if f.name == "device":
+            _field_flag(p, f, types[f.name])
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML or JSON file of these options (names as the flags', dashes or underscores); flags "
+                   "override it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _cmd_generated(args: argparse.Namespace) -> int:
+    """Run a generated experiment command: its Config from --config and the flags, then its run()."""
+    from dataclasses import fields
+
+    from .experiments import experiment
+    from .experiments.base import read_config_file
+
+    module = experiment(args.experiment_module)
+    values = read_config_file(args.config) if args.config is not None else {}
+    given = vars(args)
+    values.update({f.name: given[f.name] for f in fields(module.Config) if f.name in given})
+    config = module.Config.from_mapping(values, source=str(args.config) if args.config else None)
+    result = module.run(config, args.out, show_progress=not args.quiet)
+    print(result.summary())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,41 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
                        help="another run (e.g. AlexNet) for the Fig. 6 comparison")
 
-    # analyses (occlusion, correspondence, invariance): each adds its parser here
-    p_occ = sub.add_parser("occlusion", help="occlusion sensitivity of a run: the paper's Fig. 7 panels",
-                           formatter_class=_Formatter,
-                           description="Slide a grey square over each image and map (b) the total activity of the "
-                           "strongest feature map of --layer, (c) its projection, (d) the true class's probability "
-                           "and (e) the most probable class. Exact incremental inference: only the part of each "
-                           "layer the occluder reaches is recomputed. With --data, one image per class and, with "
-                           "--pointing-game, how often the most sensitive position falls in the object's box.")
-    _model_flags(p_occ, "run directory")
-    src = p_occ.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", type=Path, nargs="+", default=None, metavar="IMG", help="image files")
-    src.add_argument("--data", type=Path, default=None, help="data folder: one seeded image per class of --split")
-    p_occ.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and occlusion.json")
-    p_occ.add_argument("--target", default=None,
-                       help="class to map, name or index (default: the image's folder's class, else the prediction)")
-    p_occ.add_argument("--window", type=_Checked(int, 1, _MAX_SIDE), default=None,
-                       help="occluder side in pixels (default: 32 at 224 px input, in proportion)")
-    p_occ.add_argument("--stride", type=_Checked(int, 1, _MAX_SIDE), default=None,
-                       help="occluder step (default: window / 4)")
-    p_occ.add_argument("--layer", default=None,
-                       help="layer of panels (b) and (c) (default: conv5; for another --model, the deepest of "
-                       "its top-level stages that hold convolutions)")
-    p_occ.add_argument("--mode", default="exact", choices=("exact", "approximate", "coarse"),
-                       help="exact; approximate (projective fields capped at --cap) or coarse (every other "
-                       "position, drilling down where neighbours differ by more than --tol), with their SSIM")
-    p_occ.add_argument("--cap", type=_Checked(float, 0, 1, low_open=True), default=0.5,
-                       help="approximate mode: largest share of a map recomputed")
-    p_occ.add_argument("--tol", type=_Checked(float, 0, 1), default=0.05,
-                       help="coarse mode: probability spread between neighbours above which a position is computed")
-    p_occ.add_argument("--images", type=_Checked(int, 1, 10_000), default=10, help="with --data: images shown")
-    p_occ.add_argument("--split", default="val", help="with --data: split folder")
-    p_occ.add_argument("--pointing-game", type=_positive_int, default=None, metavar="N",
-                       help="with --data: play the pointing game on up to N images (needs annotations.json)")
-    p_occ.add_argument("--batch-size", type=_batch, default=64, help="occluder positions per batch")
-    p_occ.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images")
+    # experiments whose flags are generated from their config dataclasses
+    for name in _GENERATED_COMMANDS:
+        _experiment_parser(sub, name)
     p_corr = sub.add_parser("correspondence", help="correspondence of object parts: Δ per occluded part (Table 1)",
                             formatter_class=_Formatter,
                             description="Occlude the same part (eye, nose) in every annotated image, and random "
@@ -394,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
     exp_sub = p_exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", parser_class=_Parser)
     exp_sub.required = True
-    # each experiment adds its parser to exp_sub here, and its function to _EXPERIMENTS
+    # each experiment adds its parser to exp_sub here, and its function to _EXPERIMENTS; generated ones:
+    for name in _GENERATED_STUDIES:
+        _experiment_parser(exp_sub, name)
     p_tr = exp_sub.add_parser(
         "transfer", help="a new softmax on a run's frozen layers 1-7 vs training from scratch (Tables 4-6)",
         formatter_class=_Formatter,
@@ -780,29 +870,6 @@ def _exp_miniature(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_occlusion(args: argparse.Namespace) -> int:
-    from .analysis.occlusion_job import occlusion_job
-
-    target = args.target
-    result = occlusion_job(_loaded(args, args.data, args.split), args.out, images=args.image or (), data=args.data,
-                           n_images=args.images,
-                           split=args.split, target=target, window=args.window, stride=args.stride,
-                           layer=args.layer, mode=args.mode, cap=args.cap, tol=args.tol,
-                           pointing=args.pointing_game, batch_size=args.batch_size, seed=args.seed)
-    for r in result["images"]:
-        inside = "" if r["most_sensitive_in_box"] is None else (
-            ", in the object's box" if r["most_sensitive_in_box"] else ", outside the object's box")
-        print(f"{r['image']}: p({r['target_name']}) {r['clean_prob']:.3f} unoccluded, {r['min_prob']:.3f} at its "
-              f"lowest{inside}")
-    game = result["pointing_game"]
-    if game and game["images"]:
-        print(f"pointing game: {game['hits']}/{game['images']} = {100 * game['fraction']:.1f}% of the correctly "
-              f"classified images within {game['tolerance']} px of the object's box, "
-              f"{100 * game['strict_fraction']:.1f}% inside it")
-    print(f"figures and occlusion.json in {args.out}")
-    return 0
-
-
 def _l2_arg(text: str) -> float | str:
     if text == "cv":
         return text
@@ -866,12 +933,14 @@ _EXPERIMENTS["miniature"] = _exp_miniature
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    if args.experiment_command in _GENERATED_STUDIES:
+        return _cmd_generated(args)
     return _EXPERIMENTS[args.experiment_command](args)
 
 
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
              "visualize": _cmd_visualize, "experiment": _cmd_experiment,
-             "occlusion": _cmd_occlusion, "correspondence": _cmd_correspondence, "invariance": _cmd_invariance,
+             "occlusion": _cmd_generated, "correspondence": _cmd_correspondence, "invariance": _cmd_invariance,
              "report": _cmd_report, "demo": _cmd_demo}
 
 

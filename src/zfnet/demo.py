@@ -215,9 +215,9 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
               show_progress: bool) -> list[str]:
     """Stages 4-7: each writes its JSON last, so a finished stage is recognised by that file."""
     from .analysis.jobs import correspondence_job, invariance_job
-    from .analysis.occlusion_job import default_window, occlusion_job
     from .analysis.transfer import ScratchRecipe, transfer_study
     from .data.synthetic import write_synthetic
+    from .experiments import occlusion
     from .train.checkpoint import load_run
     from .visualize.job import compare_architectures, visualize_run
 
@@ -243,11 +243,13 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
 
     stage(4, "deconvnet figures", vis / "index.json", visualize)
     # The paper's occluder (32 px at 224, in proportion) at half its side per step: 13 x 13 positions at 112 px.
-    window, _ = default_window(load_run(zfnet).input_size)
+    loaded = load_run(zfnet)
+    window, _ = occlusion.default_window(loaded.input_size)
     stage(5, "occlusion", out / "occlusion" / "occlusion.json",
-          lambda: occlusion_job(zfnet, out / "occlusion", data=data, n_images=plan.occlusion_images,
-                                window=window, stride=max(1, window // 2), pointing=plan.pointing_images,
-                                seed=seed, show_progress=show_progress))
+          lambda: occlusion.run(occlusion.Config(data=str(data), images=plan.occlusion_images, window=window,
+                                                 stride=max(1, window // 2), pointing_game=plan.pointing_images,
+                                                 seed=seed), out / "occlusion", loaded=loaded,
+                                show_progress=show_progress))
     stage(6, "correspondence", out / "correspondence" / "correspondence.json",
           lambda: correspondence_job(zfnet, data, out / "correspondence", images=plan.correspondence_images,
                                      random_trials=plan.correspondence_trials, seed=seed,

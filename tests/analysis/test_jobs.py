@@ -14,8 +14,8 @@ from torch import nn
 from zfnet._io import atomic_write_json
 from zfnet.analysis.correspondence import RANDOM, correspondence
 from zfnet.analysis.jobs import PAPER_TABLE1, correspondence_job, invariance_job
-from zfnet.data.annotations import map_box, read_part_annotations
 from zfnet.cli import main
+from zfnet.data.annotations import map_box, read_part_annotations
 from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import base_size, center_crop, load_image, pil_to_tensor, resize_center_crop
 from zfnet.errors import ZFNetError

@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from .._io import atomic_write  # noqa: E402
-from .figures import normalize_projection  # noqa: E402
+from ..results import new_figure, save_figure
+from .figures import normalize_projection
 
 __all__ = ["draw_occlusion"]
 
@@ -34,7 +31,8 @@ def _box(ax, box: Sequence[int] | None, colour: str = "lime") -> None:
 
 
 def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names: Sequence[str],
-                   box: Sequence[int] | None = None, title: str | None = None, dpi: int = 100) -> Path:
+                   box: Sequence[int] | None = None, title: str | None = None, predicted: bool = False,
+                   dpi: int = 100) -> Path:
     """Draw the paper's Fig. 7 row for one image and save it as a PNG.
 
     Panels: (a) the input with the object's true box (green) and the occluder that lowers the true
@@ -49,13 +47,15 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
         class_names: names of the model's classes, by index.
         box: the object's box ``(x0, y0, x1, y1)`` in input pixels, if known.
         title: a line above the panels.
+        predicted: the mapped class is the model's prediction, not a known truth: panel (a) says so.
 
     Returns:
         ``path``.
     """
     rgb = image.detach().float().clamp(0, 255).permute(1, 2, 0).cpu().numpy() / 255.0
     extent = _extent(result.grid, result.window, result.stride)
-    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+    fig = new_figure(15, 3.4)
+    axes = fig.subplots(1, 5)
     target = class_names[result.target] if result.target < len(class_names) else str(result.target)
 
     ax = axes[0]
@@ -64,7 +64,7 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
     r, c = divmod(int(torch.argmin(result.prob_true)), result.grid[1])
     ax.add_patch(Rectangle((c * result.stride - 0.5, r * result.stride - 0.5), result.window, result.window,
                            fill=False, edgecolor="white", linestyle="--", linewidth=1.2))
-    ax.set_title(f"(a) input: {target}", fontsize=9)
+    ax.set_title(f"(a) input: {target} (predicted)" if predicted else f"(a) input: {target}", fontsize=9)
 
     ax = axes[1]
     im = ax.imshow(result.activity.numpy(), cmap="viridis", extent=extent, interpolation="nearest")
@@ -91,7 +91,7 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
 
     ax = axes[4]
     present = sorted(set(result.top_class.flatten().tolist()))
-    palette = plt.get_cmap("tab20").colors
+    palette = colormaps["tab20"].colors
     colours = ListedColormap([palette[i % len(palette)] for i in range(len(present))])
     codes = np.vectorize({k: i for i, k in enumerate(present)}.get)(result.top_class.numpy())
     ax.imshow(codes, cmap=colours, vmin=-0.5, vmax=len(present) - 0.5, extent=extent, interpolation="nearest")
@@ -108,11 +108,4 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=dpi)
-
-    try:
-        return atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=dpi, facecolor="white")

@@ -1,35 +1,114 @@
-"""``zfnet occlusion``: the paper's Fig. 7 for images of a run, and the pointing game on ground truth.
+"""``zfnet occlusion``: the paper's Fig. 7 for images of a model, and the pointing game on ground truth.
 
-:func:`occlusion_job` loads a run, runs :func:`zfnet.analysis.occlusion.occlusion` on each image
-(given files, or a seeded choice of one validation image per class of a data folder), draws the
-paper's panels and writes ``occlusion.json``. With a synthetic data folder (or any folder whose
-``annotations.json`` gives object boxes) it also plays the *pointing game*: over the correctly
-classified validation images, how often the occluder position that lowers the true class's
-probability most has its centre inside the object's box.
+:func:`run` runs :func:`zfnet.analysis.occlusion.occlusion` on each image (given files, or a seeded
+choice of one image per class of a data folder), draws the paper's panels and writes
+``OUT/occlusion.json`` (with ``.md`` and ``.csv`` tables). With a synthetic data folder (or any
+folder whose ``annotations.json`` gives object boxes) it also plays the *pointing game*
+(:func:`pointing_game`): over the correctly classified images, how often the occluder position that
+lowers the true class's probability most has its centre inside the object's box.
+
+Example:
+    >>> from zfnet.experiments import occlusion
+    >>> result = occlusion.run(occlusion.Config(run="runs/zfnet", data="data/synth"), "out/occ")  # doctest: +SKIP
+    >>> print(result.summary())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_write_json
+from ..analysis.occlusion import MODES, OcclusionResult, occlusion
+from ..data.annotations import map_box, read_part_annotations
 from ..data.folders import open_dataset
 from ..data.images import image_problem, image_size
 from ..data.transforms import center_crop, load_image
 from ..errors import ImageError, ZFNetError
 from ..progress import progress
-from ..train.checkpoint import LoadedRun, load_run
+from ..results import Figure, Report, Table, write_results
+from ..train.checkpoint import LoadedRun
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.layers import default_layers, traced_deconvnet
 from ..visualize.occlusion_figure import draw_occlusion
-from ..data.annotations import map_box, read_part_annotations
-from .occlusion import MODES, OcclusionResult, occlusion
+from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_SIDE, ModelSource, option, write_config
+from .base import Result as _Result
 
-__all__ = ["occlusion_job", "pointing_game", "default_window"]
+__all__ = ["Config", "Result", "run", "pointing_game", "default_window", "NAME", "HELP", "DESCRIPTION"]
+
+NAME = "occlusion"
+HELP = "occlusion sensitivity of a model: the paper's Fig. 7 panels"
+DESCRIPTION = ("Slide a grey square over each image and map (b) the total activity of the strongest feature map "
+               "of --layer, (c) its projection, (d) the true class's probability and (e) the most probable class. "
+               "Exact incremental inference: only the part of each layer the occluder reaches is recomputed. "
+               "With --data, one image per class and, with --pointing-game, how often the most sensitive "
+               "position falls in the object's box.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ModelSource):
+    """The occlusion experiment's options (``zfnet occlusion --help`` shows the same)."""
+
+    what = "occlusion option"
+
+    image: tuple[str, ...] = option((), flag="--image", nargs="+", metavar="IMG", max_items=10_000,
+                                    help="image files (instead of --data)")
+    data: str | None = option(None, help="data folder: one seeded image per class of --split (instead of --image)")
+    images: int = option(10, low=1, high=10_000, help="with --data: images shown")
+    split: str = option("val", help="with --data: split folder")
+    target: str | None = option(None, help="class to map, name or index (default: the image's folder's class, "
+                                "else the prediction)")
+    window: int | None = option(None, low=1, high=MAX_SIDE, help="occluder side in pixels (default: 32 at 224 px "
+                                "input, in proportion)")
+    stride: int | None = option(None, low=1, high=MAX_SIDE, help="occluder step (default: window / 4)")
+    layer: str | None = option(None, help="layer of panels (b) and (c) (default: conv5; for another --model, the "
+                               "deepest of its top-level stages that hold convolutions)")
+    mode: str = option("exact", choices=MODES,
+                       help="exact; approximate (projective fields capped at --cap); coarse (every other "
+                       "position, drilling down where neighbours differ by more than --tol), with their SSIM "
+                       "against exact; brute (one full forward per position, the reference)")
+    cap: float = option(0.5, low=0, high=1, low_open=True, help="approximate mode: largest share of a map "
+                        "recomputed")
+    tol: float = option(0.05, low=0, high=1, help="coarse mode: probability spread between neighbours above which "
+                        "a position is computed")
+    pointing_game: int | None = option(None, low=1, high=MAX_COUNT, metavar="N",
+                                       help="with --data: play the pointing game on up to N images (needs "
+                                       "annotations.json)")
+    batch_size: int = option(64, low=1, high=MAX_BATCH, help="occluder positions per batch")
+    seed: int = option(0, low=0, high=MAX_SEED, help="seed of the choice of images")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.image) == (self.data is not None):
+            raise ZFNetError("give image files (--image) or a data folder (--data), one of them")
+        if self.pointing_game is not None and self.data is None:
+            raise ZFNetError("--pointing-game needs --data (a folder with annotations.json)")
+
+
+@dataclass
+class Result(_Result):
+    """The occlusion experiment's numbers: ``numbers["images"]`` (one record per image) and
+    ``numbers["pointing_game"]`` (None without it)."""
+
+    kind = NAME
+
+    def lines(self) -> list[str]:
+        out = []
+        for r in self.numbers["images"]:
+            inside = "" if r["most_sensitive_in_box"] is None else (
+                ", in the object's box" if r["most_sensitive_in_box"] else ", outside the object's box")
+            truth = _marked(r)
+            out.append(f"{r['image']}: p({r['target_name']}{truth}) {r['clean_prob']:.3f} unoccluded, "
+                       f"{r['min_prob']:.3f} at its lowest{inside}")
+        game = self.numbers["pointing_game"]
+        if game and game["images"]:
+            out.append(f"pointing game: {game['hits']}/{game['images']} = {100 * game['fraction']:.1f}% of the "
+                       f"correctly classified images within {game['tolerance']} px of the object's box, "
+                       f"{100 * game['strict_fraction']:.1f}% inside it")
+        return out
 
 
 def default_window(input_size: int) -> tuple[int, int]:
@@ -130,10 +209,9 @@ def _record(result: OcclusionResult, shown: str, loaded: LoadedRun, label: int |
     }
 
 
-def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str = "val", window: int | None = None,
+def pointing_game(loaded: LoadedRun, data: str | Path, *, split: str = "val", window: int | None = None,
                   stride: int | None = None, max_images: int | None = None, mode: str = "exact",
-                  tolerance: int | None = None, batch_size: int = 64, weights: str = "best",
-                  show_progress: bool = True) -> dict[str, Any]:
+                  tolerance: int | None = None, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
     """The pointing game: does the most sensitive occluder position fall on the object?
 
     For every image of ``split`` (the first ``max_images``, taken round-robin over the classes)
@@ -152,7 +230,6 @@ def pointing_game(run: str | Path | LoadedRun, data: str | Path, *, split: str =
     Raises:
         ZFNetError: no ``annotations.json`` with boxes in ``data``.
     """
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
     model = loaded.model.eval()
     dwin, dstride = default_window(loaded.input_size)
     window, stride = window or dwin, stride or dstride
@@ -220,37 +297,23 @@ def _spread(labels: Sequence[int], n: int | None) -> list[int]:
     return order
 
 
-def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Sequence[str | Path] = (),
-                  data: str | Path | None = None, n_images: int = 6, split: str = "val",
-                  target: str | int | None = None, window: int | None = None, stride: int | None = None,
-                  layer: str | None = None, mode: str = "exact", cap: float = 0.5, tol: float = 0.05,
-                  pointing: int | None = None,
-                  batch_size: int = 64, weights: str = "best", seed: int = 0,
-                  show_progress: bool = True) -> dict[str, Any]:
-    """Occlusion panels (Fig. 7) for images of a run; writes PNGs and ``OUT/occlusion.json``.
+def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, show_progress: bool = True) -> Result:
+    """Occlusion panels (Fig. 7) for images of a model; writes PNGs, ``OUT/occlusion.json``, ``.md``, ``.csv``
+    and ``occlusion.config.json``.
 
     Args:
-        run: run directory (or a loaded run: a model zfnet did not train, say).
+        config: the options; ``config.image`` (files, whose folder name gives the true class when it is
+            one of the model's) or ``config.data`` (one seeded image per class of ``config.split``, up to
+            ``config.images``; its ``annotations.json`` gives the object boxes).
         out: output folder.
-        images: image files; their folder name gives the true class when it is one of the run's.
-        data: instead of ``images``: a data folder; one seeded image per class of ``split``, up to
-            ``n_images``; its ``annotations.json`` (synthetic data) gives the object boxes.
-        target: the class to map (name or index); default: the true class, else the predicted one.
-        window, stride: the occluder; default :func:`default_window` of the input size.
-        layer: the layer of panels (b) and (c); None: ``conv5``, or the deepest of another model's
-            convolutional stages (:func:`~zfnet.visualize.layers.default_layers`).
-        mode: ``"exact"``, ``"approximate"`` (projective fields capped at ``cap``) or ``"coarse"``
-            (coarse-to-fine with tolerance ``tol``); the approximate ones with their SSIM against exact.
-        pointing: with ``data``: also play the pointing game on up to this many images of ``split``.
-
-    Returns:
-        The JSON written (``{"kind": "occlusion", "images": [...], "pointing_game": ..., "report": ...}``).
+        loaded: the model, when the caller has loaded it already (else ``config`` names it).
+        show_progress: progress bars.
     """
-    if mode not in MODES:
-        raise ZFNetError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if not images and data is None:
-        raise ZFNetError("give image files or a data folder")
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, weights)
+    loaded = loaded if loaded is not None else config.load(data=config.data, split=config.split)
+    images, data, n_images, split, target = config.image, config.data, config.images, config.split, config.target
+    window, stride, layer, mode, cap, tol = (config.window, config.stride, config.layer, config.mode, config.cap,
+                                             config.tol)
+    pointing, batch_size, seed = config.pointing_game, config.batch_size, config.seed
     model = loaded.model.eval()
     deconv = traced_deconvnet(model, loaded.input_size, name=str(loaded.metadata.get("model", loaded.root)))
     if layer is None:
@@ -309,19 +372,24 @@ def occlusion_job(run: str | Path | LoadedRun, out: str | Path, *, images: Seque
             figure = f"occlusion-{n:03d}.png"
             name = _display(path, data)
             draw_occlusion(shown, result, out / figure, class_names=loaded.class_names, box=box,
-                           title=f"{name}: occluder {window} px, step {stride}")
+                           title=f"{name}: occluder {window} px, step {stride}",
+                           predicted=label is None and target is None)
             records.append(_record(result, name, loaded, label, box, figure))
+            chosen = "target" if target is not None else "label" if label is not None else "prediction"
+            records[-1]["class_from"] = chosen
             bar.update(1)
     game = None
     if pointing and data is not None:
         game = pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=pointing,
                              mode="exact", batch_size=batch_size, show_progress=show_progress)
-    payload = {"kind": "occlusion", "run": str(loaded.root), "model": loaded.metadata.get("model"),
+    numbers = {"kind": NAME, "run": str(loaded.root), "model": loaded.metadata.get("model"),
                "window": window, "stride": stride, "layer": layer, "mode": mode, "images": records,
                "pointing_game": game}
-    payload["report"] = _report(payload)
-    atomic_write_json(out / "occlusion.json", payload)
-    return payload
+    report = _report(numbers)
+    files = write_results(out, NAME, numbers, report)
+    files["config"] = write_config(out, NAME, config, window=window, stride=stride, layer=layer)
+    numbers["report"] = report.to_json()
+    return Result(out, numbers, files)
 
 
 def _display(path: Path, data: str | Path | None) -> str:
@@ -333,27 +401,34 @@ def _display(path: Path, data: str | Path | None) -> str:
     return path.name
 
 
-def _report(payload: dict[str, Any]) -> dict[str, Any]:
-    figures = [{"path": r["figure"], "image": r["image"], "label": r["label"] or r["target_name"],
-                "caption": f"{r['image']} ({r['target_name']}): probability {r['clean_prob']:.2f} unoccluded, "
-                           f"{r['min_prob']:.2f} at the most sensitive position"} for r in payload["images"]]
-    rows = [[r["image"], r["target_name"], f"{r['clean_prob']:.3f}", f"{r['min_prob']:.3f}",
+def _marked(record: dict[str, Any]) -> str:
+    """How a record's mapped class was chosen, when it is not the image's known class."""
+    return {"prediction": ", predicted", "target": ", chosen"}.get(record.get("class_from", "label"), "")
+
+
+def _report(payload: dict[str, Any]) -> Report:
+    figures = [Figure(r["figure"], f"{r['image']} ({r['target_name']}{_marked(r)}): "
+                      f"probability {r['clean_prob']:.2f} unoccluded, {r['min_prob']:.2f} at the most sensitive "
+                      "position", {"image": r["image"], "label": r["label"] or r["target_name"]})
+               for r in payload["images"]]
+    rows = [[r["image"], r["target_name"] + _marked(r),
+             f"{r['clean_prob']:.3f}", f"{r['min_prob']:.3f}",
              "" if r["most_sensitive_in_box"] is None else ("yes" if r["most_sensitive_in_box"] else "no")]
             for r in payload["images"]]
-    tables = [{"caption": "Per image: the true class's probability unoccluded and at its lowest; whether the "
-                          "most sensitive occluder's centre lies in the object's box",
-               "columns": ["image", "class", "p unoccluded", "p lowest", "in box"], "rows": rows}]
+    tables = [Table("Per image: the mapped class's probability unoccluded and at its lowest; whether the most "
+                    "sensitive occluder's centre lies in the object's box",
+                    ["image", "class", "p unoccluded", "p lowest", "in box"], rows)]
     game = payload.get("pointing_game")
     if game and game.get("images"):
-        tables.append({"caption": "Pointing game on the validation images the model classifies correctly",
-                       "columns": ["images", "hit rate (within tolerance)", "tolerance", "hit rate (inside box)",
-                                   "occluder", "step"],
-                       "rows": [[game["images"], f"{100 * game['fraction']:.1f}%", f"{game['tolerance']} px",
-                                 f"{100 * game['strict_fraction']:.1f}%", game["window"], game["stride"]]]})
-    return {"title": "Occlusion sensitivity (Fig. 7)",
-            "summary": "A grey square slides over each image: panel (d) maps the true class's probability and (e) "
-                       "the most probable class at each position, (b) the total activity of the strongest "
-                       f"{payload['layer']} map and (c) its projection. If the model recognises the object itself, "
-                       "rather than its surroundings, the probability drops when the object is covered.",
-            "figures": figures, "tables": tables}
-
+        tables.append(Table("Pointing game on the validation images the model classifies correctly",
+                            ["images", "hit rate (within tolerance)", "tolerance", "hit rate (inside box)",
+                             "occluder", "step"],
+                            [[game["images"], f"{100 * game['fraction']:.1f}%", f"{game['tolerance']} px",
+                              f"{100 * game['strict_fraction']:.1f}%", game["window"], game["stride"]]]))
+    return Report("Occlusion sensitivity (Fig. 7)",
+                  "A grey square slides over each image: panel (d) maps the true class's probability and (e) the "
+                  f"most probable class at each position, (b) the total activity of the strongest {payload['layer']} "
+                  "map and (c) its projection. If the model recognises the object itself, rather than its "
+                  "surroundings, the probability drops when the object is covered. An image whose class is not "
+                  "known is mapped for its predicted class, marked so.",
+                  tables=tables, figures=figures)

@@ -1,4 +1,4 @@
-"""``zfnet occlusion``: the job's JSON matches the algorithm, figures load, the pointing game adds up, CLI errors."""
+"""``zfnet occlusion``: the JSON matches the algorithm, figures load, the pointing game adds up, CLI errors."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from PIL import Image
 from torch import nn
 
 from zfnet._io import atomic_write_json
-from zfnet.data.annotations import map_box
 from zfnet.analysis.occlusion import occlusion
-from zfnet.analysis.occlusion_job import default_window, occlusion_job, pointing_game
 from zfnet.cli import main
+from zfnet.data.annotations import map_box
 from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import base_size, center_crop, load_image
+from zfnet.experiments.occlusion import Config, default_window, pointing_game, run
 from zfnet.models import build
 from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
 
@@ -43,6 +43,13 @@ def synth_run(tmp_path_factory):
     return root / "data", run
 
 
+def occlusion_job(run_dir, out, *, images=(), n_images=None, pointing=None, **options):
+    """The occlusion experiment on a run directory, as the command line runs it."""
+    extra = {"images": n_images} if n_images is not None else {}
+    config = Config(run=str(run_dir), image=tuple(str(p) for p in images), pointing_game=pointing, **extra, **options)
+    return run(config, out)
+
+
 def test_default_window_is_the_papers_in_proportion():
     assert default_window(224) == (32, 8)
     assert default_window(64) == (9, 2)
@@ -51,7 +58,7 @@ def test_default_window_is_the_papers_in_proportion():
 def test_job_records_what_the_algorithm_computes(synth_run, tmp_path):
     data, run = synth_run
     out = tmp_path / "occ"
-    result = occlusion_job(run, out, data=data, n_images=3, window=16, stride=8, show_progress=False)
+    result = occlusion_job(run, out, data=data, n_images=3, window=16, stride=8)
     loaded = load_run(run)
     assert len(result["images"]) == 3
     annotations = json.loads((data / "annotations.json").read_text())
@@ -80,7 +87,7 @@ def test_job_records_what_the_algorithm_computes(synth_run, tmp_path):
 
 def test_pointing_game_counts(synth_run):
     data, run = synth_run
-    game = pointing_game(run, data, window=16, stride=8, show_progress=False)
+    game = pointing_game(load_run(run), data, window=16, stride=8, show_progress=False)
     assert game["images"] + game["skipped_wrong"] == 9  # 3 classes x 3 validation images, all with boxes
     assert len(game["distances"]) == game["images"] and game["tolerance"] == round(15 * 64 / 224)
     assert game["hits"] == sum(d <= game["tolerance"] for d in game["distances"])
@@ -90,7 +97,7 @@ def test_pointing_game_counts(synth_run):
 
 
 def test_distance_to_a_box():
-    from zfnet.analysis.occlusion_job import _distance
+    from zfnet.experiments.occlusion import _distance
 
     box = [10, 20, 30, 40]  # x0, y0, x1, y1 (exclusive ends): columns 10..29, rows 20..39
     assert _distance((20, 10), box) == 0.0 and _distance((39, 29), box) == 0.0
@@ -103,7 +110,7 @@ def test_given_image_files_and_target_by_name(synth_run, tmp_path):
     image = sorted((data / "val").rglob("*.png"))[0]
     loaded = load_run(run)
     other = loaded.classes[-1]
-    result = occlusion_job(run, tmp_path, images=[image], target=other, window=16, stride=16, show_progress=False)
+    result = occlusion_job(run, tmp_path, images=[image], target=other, window=16, stride=16)
     record = result["images"][0]
     assert record["target_name"] == other and record["label"] == image.parent.name
     assert record["box"] is not None  # found through the data folder's annotations.json
@@ -115,7 +122,7 @@ def test_cli(synth_run, tmp_path, capsys):
     assert main(["occlusion", str(run), "--data", str(data), "--out", str(out), "--images", "2", "--window", "16",
                  "--stride", "8", "--pointing-game", "3"]) == 0
     text = capsys.readouterr().out
-    assert f"figures and occlusion.json in {out}" in text
+    assert f"results in {out}" in text
     saved = json.loads((out / "occlusion.json").read_text())
     game = saved["pointing_game"]
     assert game["images"] + game["skipped_wrong"] == 3 and (game["images"] == 0 or "pointing game:" in text)
@@ -148,10 +155,9 @@ def test_cli_errors_are_one_line(synth_run, tmp_path, capsys, extra, message):
 
 def test_cli_needs_images_or_data(synth_run, tmp_path, capsys):
     _, run = synth_run
-    with pytest.raises(SystemExit) as exc:
-        main(["occlusion", str(run), "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "one of the arguments --image --data is required" in capsys.readouterr().err
+    assert main(["occlusion", str(run), "--out", str(tmp_path / "o")]) == 2
+    assert "give image files (--image) or a data folder (--data)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a command that fails before any work leaves no folder behind
 
 
 def test_unreadable_image_is_a_clear_error(synth_run, tmp_path):
@@ -161,7 +167,7 @@ def test_unreadable_image_is_a_clear_error(synth_run, tmp_path):
     from zfnet.errors import ZFNetError
 
     with pytest.raises(ZFNetError, match="image .*bad.png is not an image"):
-        occlusion_job(run, tmp_path / "o", images=[bad], show_progress=False)
+        occlusion_job(run, tmp_path / "o", images=[bad])
     assert not (tmp_path / "o").exists()  # every image is read before anything is written
 
 
@@ -170,5 +176,5 @@ def test_paths_outside_the_data_folder_show_their_name(synth_run, tmp_path):
     image = sorted((data / "val").rglob("*.png"))[0]
     copy = tmp_path / "mine.png"
     copy.write_bytes(Path(image).read_bytes())
-    result = occlusion_job(run, tmp_path / "o", images=[copy], window=16, stride=16, show_progress=False)
+    result = occlusion_job(run, tmp_path / "o", images=[copy], window=16, stride=16)
     assert result["images"][0]["image"] == "mine.png" and result["images"][0]["box"] is None

@@ -1,4 +1,4 @@
-"""A small network pretrained on one set of shape classes, and a disjoint set of shapes to transfer to.
+"""Plain shapes a small network learns in a few epochs: the pretraining and transfer sets of the tests.
 
 The miniature of the paper's §5.2 needs a network that has learned something. On the built-in
 synthetic data set (shapes on cluttered, textured backgrounds) the CPU-size networks sit at chance for
@@ -14,11 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image, ImageDraw
-
-from zfnet.train import TrainConfig, train
 
 IMAGE_SIZE = 73  # the base size of zfnet-tiny's 64 px crops
 
@@ -97,42 +93,3 @@ def write_shapes(root: Path, shapes: tuple[str, ...], per_class: int, val_per_cl
             for i in range(n):
                 draw_shape(name, rng).save(folder / f"{i:03d}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for a module of tests on tiny tensors: faster than several, much faster on a
-    busy machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def pretrained_run(tmp_path_factory) -> Path:
-    """zfnet-tiny trained with the paper's recipe on the 6 pretraining shapes: 450 SGD steps, val error 25%."""
-    root = tmp_path_factory.mktemp("pretrain")
-    data = write_shapes(root / "shapes", PRETRAIN_SHAPES, per_class=200, val_per_class=20, seed=1)
-    config = TrainConfig(data=str(data), out=str(root / "run"), model="zfnet-tiny", epochs=12, batch_size=32,
-                         lr=1e-2, lr_patience=3, snapshots=(), workers=0, seed=0)
-    train(config, show_progress=False)
-    return root / "run"
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
-    """zfnet-tiny after one short epoch on 3 shapes: a valid run for tests of plumbing, not of findings."""
-    root = tmp_path_factory.mktemp("quick")
-    data = write_shapes(root / "shapes", PRETRAIN_SHAPES[:3], per_class=8, val_per_class=4, seed=3)
-    config = TrainConfig(data=str(data), out=str(root / "run"), model="zfnet-tiny", epochs=1, batch_size=8,
-                         snapshots=(), workers=0, seed=0)
-    train(config, show_progress=False)
-    return root / "run"
-
-
-@pytest.fixture(scope="session")
-def secondary_data(tmp_path_factory) -> Path:
-    """The 6 transfer shapes, 50 images each (40 in train/, 10 in val/)."""
-    return write_shapes(tmp_path_factory.mktemp("transfer") / "shapes", TRANSFER_SHAPES, per_class=40,
-                        val_per_class=10, seed=2)
