@@ -16,6 +16,11 @@ divided by the feature length ``D`` (the fraction of units whose sign of change 
 included as a sign of its own), and Δ is the mean of that over the ``n (n − 1)`` ordered pairs,
 ``Σ_{i≠j} H / (n (n − 1) D)``; the ``±`` is the standard deviation over the pairs.
 
+Whether a part's Δ is really below random is a test, not a comparison of means
+(:func:`part_vs_random`): the result keeps every pair distance, for the part's occluder and for each
+random draw of its size, and :meth:`CorrespondenceResult.compare` gives a
+:class:`zfnet.analysis.stats.Comparison` per part and layer, with an interval and a p-value.
+
 Everything here works on tensors: model inputs (mean subtracted, cropped) and boxes in their pixel
 coordinates. :mod:`zfnet.analysis.jobs` reads runs and annotation files and writes the table.
 """
@@ -23,7 +28,7 @@ coordinates. :mod:`zfnet.analysis.jobs` reads runs and annotation files and writ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,10 +36,11 @@ from torch import nn
 from ..graph import eval_mode, model_like, trace
 from ..progress import progress
 from ..visualize.topk import resolve_layers
+from .stats import ALTERNATIVES, Comparison, null_comparison
 
 __all__ = [
     "layer_features", "occlude", "random_boxes", "sign_hamming", "DeltaScore", "delta_score",
-    "CorrespondenceResult", "correspondence", "RANDOM", "DEFAULT_LAYERS", "DEFAULT_PARTS",
+    "CorrespondenceResult", "correspondence", "part_vs_random", "RANDOM", "DEFAULT_LAYERS", "DEFAULT_PARTS",
 ]
 
 RANDOM = "random"
@@ -285,6 +291,11 @@ class CorrespondenceResult:
             more units tends to a higher Δ whatever the correspondence.
         part_boxes: ``{part: (N, 4)}`` the boxes occluded (model input pixels).
         random_boxes: ``{part: (T, N, 4)}`` the control boxes, ``T`` draws of that part's size.
+        distances: ``{part: {layer: (T + 1, N, T + 1, N) float64}}``, every pair distance the test
+            needs: ``[a, i, b, j]`` is the normalised sign Hamming distance between ``ε`` of image ``i``
+            under occluder ``a`` and ``ε`` of image ``j`` under occluder ``b``, where occluder 0 is the
+            part and ``1..T`` are the random draws of its size (``random_boxes[part]``). The part's
+            pair values are ``[0, :, 0, :]`` off the diagonal, draw ``t``'s are ``[t, :, t, :]``.
     """
 
     layers: tuple[str, ...]
@@ -294,11 +305,119 @@ class CorrespondenceResult:
     changed: dict[str, dict[str, float]]
     part_boxes: dict[str, torch.Tensor]
     random_boxes: dict[str, torch.Tensor]
+    distances: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def below_random(self, layer: str) -> list[str]:
-        """The parts whose Δ at ``layer`` is lower than the random regions' (the paper's finding)."""
+        """The parts whose mean Δ at ``layer`` is lower than the random regions'.
+
+        A comparison of means, not a finding: use :meth:`compare` to say whether it is real.
+        """
         control = self.scores[RANDOM][layer].mean
         return [p for p in self.parts if self.scores[p][layer].mean < control]
+
+    def compare(self, part: str, layer: str, *, alternative: str = "less", permutations: int = 10_000,
+                seed: int = 0, confidence: float = 0.95) -> Comparison:
+        """Is ``part``'s Δ at ``layer`` really lower than random regions' of its size? See :func:`part_vs_random`.
+
+        Phrase the outcome with :meth:`Comparison.verdict`, e.g.
+        ``result.compare("nose", "conv5").verdict(compared="Δ of the nose", baseline="random regions'")``.
+
+        Raises:
+            KeyError: an unknown part or layer (the message lists the valid ones).
+            ValueError: no random control (``random_trials=0``), or bad test settings.
+        """
+        if part not in self.distances:
+            raise KeyError(f"unknown part {part!r}; the parts are {', '.join(self.parts)}")
+        if layer not in self.distances[part]:
+            raise KeyError(f"unknown layer {layer!r}; the layers are {', '.join(self.layers)}")
+        return part_vs_random(self.distances[part][layer], alternative=alternative, permutations=permutations,
+                              seed=seed, confidence=confidence)
+
+    def comparisons(self, **settings) -> dict[str, dict[str, Comparison]]:
+        """``{layer: {part: Comparison}}``: :meth:`compare` for every part at every layer.
+
+        Claims about several at once ("all 3 parts") should use
+        :func:`zfnet.analysis.stats.holm` on the family first.
+        """
+        return {layer: {p: self.compare(p, layer, **settings) for p in self.parts} for layer in self.layers}
+
+
+def part_vs_random(distances: torch.Tensor, *, alternative: str = "less", permutations: int = 10_000,
+                   seed: int = 0, confidence: float = 0.95) -> Comparison:
+    """Test a part's Δ against random regions of its size by swapping occluders within each image.
+
+    The statistic is ``Δ_part − Δ_random``: the mean pair distance under the part's occluder minus the
+    mean over the random draws of the mean pair distance under each draw (the control matched to the
+    part's size; the table's ``random`` row pools all parts' sizes).
+
+    Why this test, and not a paired test over image pairs: the pair distances are paired by image pair
+    (the part and every draw occlude the same images), but they are not independent units: the
+    ``N (N − 1) / 2`` pairs share ``N`` images, and one odd image moves ``N − 1`` pairs together, so
+    a sign-flip test over pairs would find effects that are not there. The unit of chance is the
+    image. Under "no correspondence" the part's occluder is one more random occluder of its size: in
+    each image the ``T + 1`` feature changes (the part's and the draws') are exchangeable. The test
+    shuffles, independently in each image, which occluder plays the part and which plays each draw,
+    and recomputes the statistic from the stored cross-occluder distances (that is what
+    ``distances[a, i, b, j]`` with ``a ≠ b`` is for). The p-values are Monte Carlo with the ``+1``
+    correction; the interval is the observed difference minus the shuffled statistic's quantiles
+    (:func:`zfnet.analysis.stats.null_comparison`), so it excludes zero exactly when the two-sided test
+    rejects at ``1 − confidence``.
+
+    Note what the null hypothesis is: a part that sits at the same place in every image is compared
+    with boxes anywhere on the object, so the test also responds to place alone (spatial units of a
+    conv layer that every image's part covers), even in an untrained network.
+
+    Args:
+        distances: (T + 1, N, T + 1, N) pair distances, occluder 0 the part (see
+            :attr:`CorrespondenceResult.distances`); T >= 1, N >= 2.
+        alternative: ``"less"`` (the paper's finding: part below random), ``"greater"``, ``"two-sided"``.
+        permutations: random shuffles.
+        seed: seeds the shuffles.
+        confidence: coverage of the interval.
+
+    Returns:
+        A :class:`zfnet.analysis.stats.Comparison` of ``Δ_part − Δ_random``, ``sizes == (N,)`` images.
+
+    Raises:
+        ValueError: a tensor of the wrong shape (no random draw, fewer than 2 images), bad settings.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> eps = torch.randn(3, 6, 40, generator=g)  # part + 2 draws, 6 images, 40 units
+        >>> eps[0] = eps[0, :1] + 0.1 * eps[0]        # the part changes every image the same way
+        >>> d = sign_hamming(eps.reshape(18, 40)).reshape(3, 6, 3, 6)
+        >>> c = part_vs_random(d, permutations=999)
+        >>> c.significant(), c.difference < 0
+        (True, True)
+    """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
+        raise ValueError(f"permutations must be a positive int, got {permutations!r}")
+    shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
+    if (not isinstance(distances, torch.Tensor) or distances.dim() != 4 or distances.shape[0] != distances.shape[2]
+            or distances.shape[1] != distances.shape[3]):
+        raise ValueError(f"distances must be a (T + 1, N, T + 1, N) tensor, got {shape}")
+    k, n = distances.shape[:2]
+    if k < 2 or n < 2:
+        raise ValueError(f"the test needs at least 1 random draw and 2 images, got shape {shape}")
+    dist = distances.detach().to("cpu", torch.float64)
+    images = torch.arange(n)
+
+    def statistic(chosen: torch.Tensor) -> torch.Tensor:
+        # chosen: (B, N, K), chosen[b, i, s] = the occluder of image i that plays slot s (0: the part).
+        rows, cols = chosen.permute(0, 2, 1)[..., :, None], chosen.permute(0, 2, 1)[..., None, :]
+        pair = dist[rows, images[:, None], cols, images[None, :]]  # (B, K, N, N), zero diagonal
+        delta = pair.sum(dim=(-1, -2)) / (n * (n - 1))  # (B, K): Δ of each slot
+        return delta[:, 0] - delta[:, 1:].mean(dim=1)
+
+    observed = float(statistic(torch.arange(k).expand(1, n, k))[0])
+    g = torch.Generator().manual_seed(seed)
+    block = max(1, (1 << 22) // (k * n * n))
+    null = torch.cat([statistic(torch.rand((min(block, permutations - s), n, k), generator=g).argsort(dim=-1))
+                      for s in range(0, permutations, block)])
+    return null_comparison(observed, null, alternative=alternative, confidence=confidence, sizes=(n,),
+                           unit="images", method="occluders shuffled within each image")
 
 
 def correspondence(model: nn.Module, images: torch.Tensor, part_boxes: Mapping[str, torch.Tensor], *,
@@ -363,22 +482,33 @@ def correspondence(model: nn.Module, images: torch.Tensor, part_boxes: Mapping[s
                                              (h, w), generator=generator) for _ in range(random_trials)])
                 if random_trials else torch.empty((0, n, 4), dtype=torch.long) for p, b in clipped.items()}
 
-    jobs = [(p, clipped[p]) for p in clipped] + [(RANDOM, controls[p][t]) for p in clipped
-                                                 for t in range(random_trials)]
-    pair_values: dict[str, dict[str, list[torch.Tensor]]] = {}
+    # (row, part, occluder): occluder 0 is the part's box, 1..T the random draws of its size.
+    jobs = [(p, p, 0, clipped[p]) for p in clipped] + [(RANDOM, p, t + 1, controls[p][t]) for p in clipped
+                                                       for t in range(random_trials)]
+    signs: dict[str, dict[str, list[torch.Tensor]]] = {p: {layer: [] for layer in names} for p in clipped}
     changed: dict[str, dict[str, list[float]]] = {}
-    for row, box in progress(jobs, desc="correspondence", unit="it", enabled=show_progress):
+    for row, part, _, box in progress(jobs, desc="correspondence", unit="it", enabled=show_progress):
         occluded, _ = layer_features(model, occlude(images, box, fill), names, batch_size=batch_size)
-        per_layer = pair_values.setdefault(row, {layer: [] for layer in names})
         moved = changed.setdefault(row, {layer: [] for layer in names})
         for layer in names:
             eps = reference[layer] - occluded[layer]
-            per_layer[layer].append(_pair_values(eps))
+            signs[part][layer].append(torch.sign(eps).to(torch.int8))  # all Δ needs of ε, in a quarter the memory
             moved[layer].append(float((eps != 0).double().mean()))
+    # Every occluder against every other, image by image: the within-occluder blocks give Δ, the
+    # cross blocks let part_vs_random shuffle occluders within an image.
+    k = random_trials + 1
+    distances = {p: {layer: sign_hamming(torch.cat(signs[p][layer])).reshape(k, n, k, n) for layer in names}
+                 for p in clipped}
+    off = ~torch.eye(n, dtype=torch.bool)
+    pair_values: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for row, part, a, _ in jobs:
+        per_layer = pair_values.setdefault(row, {layer: [] for layer in names})
+        for layer in names:
+            per_layer[layer].append(distances[part][layer][a, :, a, :][off])
     scores = {row: {layer: _score(torch.cat(v)) for layer, v in per_layer.items()}
               for row, per_layer in pair_values.items()}
     return CorrespondenceResult(layers=tuple(names), parts=tuple(clipped), scores=scores,
                                 feature_sizes={layer: int(reference[layer].shape[1]) for layer in names},
                                 changed={row: {layer: sum(v) / len(v) for layer, v in per.items()}
                                          for row, per in changed.items()},
-                                part_boxes=clipped, random_boxes=controls)
+                                part_boxes=clipped, random_boxes=controls, distances=distances)
