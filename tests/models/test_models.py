@@ -168,3 +168,68 @@ def test_config_validation():
         ConvNetConfig(dropout=1.0)
     with pytest.raises(ValueError, match="one value per layer"):
         ConvNetConfig(init_std=(0.1, 0.2))
+
+
+# -- AlexNet as Krizhevsky et al. (2012) built it, and ZFNet's layout of it -------------------------------------
+
+KRIZHEVSKY_ORDER = ["conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5", "pool5",
+                    "flatten", "fc6", "drop6", "fc7", "drop7", "fc8"]
+ZFNET_ORDER = ["conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
+               "flatten", "fc6", "drop6", "fc7", "drop7", "fc8"]
+
+
+def _biases(model: nn.Module) -> dict[str, set[float]]:
+    """The distinct initial bias values of each paper layer."""
+    return {name: {float(v) for m in model.get_submodule(name).modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear)) for v in m.bias.detach().unique()}
+            for name in model.layer_names}
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-cpu", "alexnet-tiny"])
+def test_alexnet_normalises_before_pooling(name):
+    assert [n for n, _ in build(name, num_classes=3).named_children()] == KRIZHEVSKY_ORDER
+
+
+@pytest.mark.parametrize("name", ["zfnet", "zfnet-b", "zfnet-cpu", "zfnet-tiny", "alexnet-zf"])
+def test_zfnet_layout_pools_before_normalising(name):
+    assert [n for n, _ in build(name, num_classes=3).named_children()] == ZFNET_ORDER
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-cpu", "alexnet-tiny"])
+def test_alexnet_biases_start_at_krizhevskys_values(name):
+    # Krizhevsky et al. §5: conv2, conv4, conv5 and the fully connected hidden layers at 1, the rest at 0.
+    assert _biases(build(name, num_classes=3)) == {
+        "conv1": {0.0}, "conv2": {1.0}, "conv3": {0.0}, "conv4": {1.0}, "conv5": {1.0},
+        "fc6": {1.0}, "fc7": {1.0}, "fc8": {0.0}}
+
+
+def test_alexnet_zf_biases_start_at_zero():
+    assert set().union(*_biases(build("alexnet-zf", num_classes=3)).values()) == {0.0}
+
+
+def test_alexnet_and_alexnet_zf_have_the_same_parameters_and_map_sizes():
+    a, b = build("alexnet"), build("alexnet-zf")
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert a.config.map_sizes() == b.config.map_sizes()
+    assert n_params(b) == 62_378_344
+
+
+def test_stage_order_changes_the_function():
+    # The same weights in the two orders: the max of normalised maps is not the normalised max.
+    torch.manual_seed(0)
+    krizhevsky = build("alexnet-tiny", num_classes=3).eval()
+    zf_order = build("alexnet-tiny", num_classes=3, norm_before_pool=False).eval()
+    zf_order.load_state_dict(krizhevsky.state_dict())
+    x = torch.randn(2, 3, 64, 64) * 50
+    with torch.no_grad():
+        assert not torch.allclose(krizhevsky(x), zf_order(x))
+
+
+def test_unit_biases_skip_removed_layers():
+    model = build("alexnet-tiny", num_classes=3, removed=("conv4", "fc6", "fc7"))
+    assert _biases(model) == {"conv1": {0.0}, "conv2": {1.0}, "conv3": {0.0}, "conv5": {1.0}, "fc8": {0.0}}
+
+
+def test_init_bias_one_refuses_an_unknown_layer():
+    with pytest.raises(ValueError, match="init_bias_one"):
+        ConvNetConfig(init_bias_one=("conv9",))

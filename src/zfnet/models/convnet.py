@@ -10,6 +10,8 @@ hooks, the deconvnet and the analyses see every stage:
     conv3 conv4 conv5 (conv, relu each) pool5 flatten
     fc6 (linear, relu) drop6 fc7 (linear, relu) drop7 fc8
 
+That is ZFNet's order (Fig. 3: pool, then normalise). Krizhevsky et al.'s AlexNet normalises first
+(``norm_before_pool``: ``conv1 norm1 pool1 conv2 norm2 pool2 ...``); the names are the same either way.
 Pools are 3x3 stride 2 with ceil rounding, which gives the paper's map sizes
 (ZFNet at 224 px: 110 -> 55 -> 26 -> 13 -> 6).
 """
@@ -20,6 +22,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 
+import torch
 from torch import nn
 
 from .._validate import Limits, check_fields, limits
@@ -66,6 +69,10 @@ class ConvNetConfig:
         lrn: (size, alpha, beta, k) of the contrast normalisation.
         init_std: standard deviation of the initial weights: one value for every layer (the
             paper's 1e-2), or one per layer present, conv1 ... fc8 in order.
+        norm_before_pool: normalise conv1's and conv2's maps before their max-pools (Krizhevsky et
+            al. 2012) instead of after them (ZFNet's Fig. 3). It changes no parameter and no map size.
+        init_bias_one: layers whose biases start at 1 instead of 0 (Krizhevsky et al.'s conv2,
+            conv4, conv5, fc6, fc7); a layer that is removed is skipped.
     """
 
     num_classes: int = field(default=1000, metadata=limits(1, MAX_CLASSES))
@@ -81,6 +88,9 @@ class ConvNetConfig:
         items=(Limits(1, _MAX_KERNEL), Limits(0, 1e3), Limits(0, 10), Limits(0, 1e3, low_open=True))))
     init_std: float | tuple[float, ...] = field(default=1e-2, metadata=limits(
         0, 10, low_open=True, max_items=len(LAYER_NAMES)))
+    norm_before_pool: bool = False
+    init_bias_one: tuple[str, ...] = field(default=(), metadata=limits(choices=LAYER_NAMES,
+                                                                        max_items=len(LAYER_NAMES)))
 
     def __post_init__(self) -> None:
         # Types and ranges first (sequences from JSON or the CLI become tuples, so configs compare
@@ -90,6 +100,7 @@ class ConvNetConfig:
         if bad:
             raise ZFNetError(f"cannot remove {bad}: removable layers are {', '.join(REMOVABLE_LAYERS)}")
         object.__setattr__(self, "removed", tuple(n for n in REMOVABLE_LAYERS if n in self.removed))
+        object.__setattr__(self, "init_bias_one", tuple(n for n in LAYER_NAMES if n in self.init_bias_one))
         if isinstance(self.init_std, tuple) and len(self.init_std) != len(self.layers()):
             raise ZFNetError(f"init_std needs one value per layer ({', '.join(self.layers())}), "
                              f"got {len(self.init_std)}")
@@ -211,6 +222,21 @@ def _fc_block(in_features: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(linear=nn.Linear(in_features, out_features), relu=nn.ReLU()))
 
 
+def _pool_and_norm(i: int, c: ConvNetConfig) -> list[tuple[str, nn.Module]]:
+    """``pool{i}`` then ``norm{i}`` (ZFNet), or the other way round (AlexNet: the same map sizes)."""
+    size, alpha, beta, k = c.lrn
+    stages = [(f"pool{i}", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+              (f"norm{i}", ContrastNorm(int(size), alpha, beta, k))]
+    return stages[::-1] if c.norm_before_pool else stages
+
+
+@torch.no_grad()
+def _set_bias_(module: nn.Module, value: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.constant_(m.bias, value)
+
+
 class ConvNet(nn.Sequential):
     """ZFNet-family network built from a :class:`ConvNetConfig`.
 
@@ -231,15 +257,12 @@ class ConvNet(nn.Sequential):
 
     def __init__(self, config: ConvNetConfig, name: str = "convnet") -> None:
         c = config
-        lrn = c.lrn
         sizes = c.map_sizes()
         stages: OrderedDict[str, nn.Module] = OrderedDict()
         stages["conv1"] = _conv_block(c.in_channels, *c.conv1)          # (B, 96, 110, 110) for ZFNet
-        stages["pool1"] = nn.MaxPool2d(3, stride=2, ceil_mode=True)     # (B, 96, 55, 55)
-        stages["norm1"] = ContrastNorm(int(lrn[0]), lrn[1], lrn[2], lrn[3])
+        stages.update(_pool_and_norm(1, c))                            # (B, 96, 55, 55)
         stages["conv2"] = _conv_block(c.conv1[0], *c.conv2)             # (B, 256, 26, 26)
-        stages["pool2"] = nn.MaxPool2d(3, stride=2, ceil_mode=True)     # (B, 256, 13, 13)
-        stages["norm2"] = ContrastNorm(int(lrn[0]), lrn[1], lrn[2], lrn[3])
+        stages.update(_pool_and_norm(2, c))                            # (B, 256, 13, 13)
         channels = c.conv2[0]
         for name, width in zip(("conv3", "conv4", "conv5"), c.conv345):
             if name in c.removed:
@@ -264,6 +287,9 @@ class ConvNet(nn.Sequential):
                 init_paper_(self.get_submodule(layer), std=std)
         else:
             init_paper_(self, std=c.init_std)
+        for layer in c.init_bias_one:
+            if layer not in c.removed:
+                _set_bias_(self.get_submodule(layer), 1.0)
 
     @property
     def input_size(self) -> int:

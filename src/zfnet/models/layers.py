@@ -2,7 +2,7 @@
 
 - Contrast normalisation across feature maps: AlexNet's local response normalisation,
   size 5, alpha 1e-4, beta 0.75, k 2 (the paper gives no constants; these are Krizhevsky's).
-- Initialisation: weights N(0, 1e-2), biases 0.
+- Initialisation: weights N(0, 1e-2), biases 0 (AlexNet starts some at 1: ``ConvNetConfig.init_bias_one``).
 - Filter renormalisation: after each update, every convolutional filter whose RMS exceeds
   0.1 is rescaled to RMS 0.1.
 """
