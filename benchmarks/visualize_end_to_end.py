@@ -9,7 +9,8 @@ initialisation (seeded), with ``--images`` synthetic validation images written a
 them to 224. The cost of every step depends on the image size and the number of maps, not on what the weights
 have learnt.
 
-1. **The job**: :func:`zfnet.visualize.job.visualize_run` with ``layers=["conv5"]``, ``k=9`` and every map
+1. **The job**: the visualize experiment (:func:`zfnet.experiments.visualize.run`) with ``layers=["conv5"]``,
+   ``k=9`` and every map
    (the work of ``zfnet visualize RUN --data DATA --layers conv5``): the top-9 pass over all images, the
    deconvnet projections and image patches of the 256 x 9 activations, the Fig. 2 grid, the layer-1 filters
    and ``index.json``. Timed whole.
@@ -46,10 +47,10 @@ import torch
 from zfnet.data.folders import open_dataset
 from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import center_crop
+from zfnet.experiments import visualize
 from zfnet.models import build
 from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
 from zfnet.visualize import Deconvnet, TopK, project_top_activations
-from zfnet.visualize.job import visualize_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deconvnet_speed import per_neuron_baseline  # noqa: E402  (the sibling benchmark's Captum-or-autograd loop)
@@ -138,15 +139,16 @@ def main() -> None:
         # 1. The job.
         maps = None if args.maps is None else list(range(args.maps))
         with Clock() as job:
-            index = visualize_run(run, data, layers=[LAYER], k=9, maps=maps, out=root / "figures",
-                                  show_progress=False)
+            index = visualize.run(visualize.Config(run=str(run), data=str(data), layers=(LAYER,), k=9,
+                                                   maps=None if maps is None else tuple(maps)),
+                                  root / "figures", show_progress=False).numbers
         loaded = load_run(run)
         n_maps = loaded.model.conv5.conv.out_channels
         top = top_from_index(index, n_maps)
         shown = [int(c) for c in index["layers"][LAYER]]
         neurons = [(c, j) for c in shown for j in range(top.values.shape[1]) if top.image_index[c, j] >= 0]
         png = root / "figures" / index["figures"][f"top9-{LAYER}"]
-        print(f"job: visualize_run over {index['images']} images, {len(shown)} {LAYER} maps, top-9 "
+        print(f"job: the visualize experiment over {index['images']} images, {len(shown)} {LAYER} maps, top-9 "
               f"({len(neurons)} projections and patches): {job} (figure {png.stat().st_size / 1e6:.1f} MB)")
 
         # Model inputs of the images the top-9 use, prepared as the job prepares them.

@@ -214,14 +214,12 @@ def _run_demo(out: Path, quick: bool, show_progress: bool, seed: int) -> DemoRes
 def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed: int,
               show_progress: bool) -> list[str]:
     """Stages 4-7: each writes its JSON last, so a finished stage is recognised by that file."""
-    from .analysis.jobs import correspondence_job, invariance_job
-    from .analysis.transfer import ScratchRecipe, transfer_study
     from .data.synthetic import write_synthetic
-    from .experiments import occlusion
+    from .experiments import correspondence, invariance, occlusion, transfer, visualize
     from .train.checkpoint import load_run
-    from .visualize.job import compare_architectures, visualize_run
 
     zfnet, alexnet = runs["zfnet"], runs["alexnet"]
+    loaded = load_run(zfnet)  # once, for every stage
     done: list[str] = []
 
     def stage(number: int, name: str, marker: Path, work) -> None:
@@ -234,16 +232,12 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
 
     vis = out / "visualize"
 
-    def visualize() -> None:
-        # The comparison first: index.json, the visualisation's last file, then marks the whole stage done.
-        compare_architectures(zfnet, alexnet, vis, data=data, seed=seed, max_images=plan.vis_images,
-                              show_progress=show_progress)
-        visualize_run(zfnet, data, out=vis, maps=plan.vis_maps, max_images=plan.vis_images, seed=seed,
-                      show_progress=show_progress)
-
-    stage(4, "deconvnet figures", vis / "index.json", visualize)
+    # The comparison comes first in the experiment: index.json, its last file, marks the whole stage done.
+    stage(4, "deconvnet figures", vis / "index.json",
+          lambda: visualize.run(visualize.Config(data=str(data), maps=plan.vis_maps, max_images=plan.vis_images,
+                                                 seed=seed, compare=str(alexnet)), vis, loaded=loaded,
+                                show_progress=show_progress))
     # The paper's occluder (32 px at 224, in proportion) at half its side per step: 13 x 13 positions at 112 px.
-    loaded = load_run(zfnet)
     window, _ = occlusion.default_window(loaded.input_size)
     stage(5, "occlusion", out / "occlusion" / "occlusion.json",
           lambda: occlusion.run(occlusion.Config(data=str(data), images=plan.occlusion_images, window=window,
@@ -251,23 +245,25 @@ def _analyses(out: Path, data: Path, runs: dict[str, Path], plan: DemoPlan, seed
                                                  seed=seed), out / "occlusion", loaded=loaded,
                                 show_progress=show_progress))
     stage(6, "correspondence", out / "correspondence" / "correspondence.json",
-          lambda: correspondence_job(zfnet, data, out / "correspondence", images=plan.correspondence_images,
-                                     random_trials=plan.correspondence_trials, seed=seed,
-                                     show_progress=show_progress))
+          lambda: correspondence.run(correspondence.Config(data=str(data), images=plan.correspondence_images,
+                                                           trials=plan.correspondence_trials, seed=seed),
+                                     out / "correspondence", loaded=loaded, show_progress=show_progress))
     stage(7, "invariance", out / "invariance" / "invariance.json",
-          lambda: invariance_job(zfnet, data, out / "invariance", images=plan.invariance_images, seed=seed,
-                                 show_progress=show_progress))
+          lambda: invariance.run(invariance.Config(data=str(data), images=plan.invariance_images, seed=seed),
+                                 out / "invariance", loaded=loaded, show_progress=show_progress))
 
-    def transfer() -> None:
+    def transfer_and_probes() -> None:
         secondary = out / "secondary"
         if not (secondary / "annotations.json").is_file():
             write_synthetic(secondary, classes=plan.classes, per_class=plan.secondary_per_class, val_per_class=1,
                             seed=seed, size=plan.image_size, class_set="secondary", progress=show_progress,
                             overwrite=True)
         # The probes run before the transfer, which writes transfer.json (the stage's mark) last.
-        transfer_study(zfnet, secondary, out / "transfer", per_class=plan.transfer_per_class,
-                       splits=plan.transfer_splits, probe_per_class=max(plan.transfer_per_class), seed=seed,
-                       recipe=ScratchRecipe(steps=plan.scratch_steps), show_progress=show_progress)
+        transfer.transfer_study(transfer.Config(data=str(secondary), per_class=plan.transfer_per_class,
+                                                splits=plan.transfer_splits, seed=seed,
+                                                scratch_steps=plan.scratch_steps, workers=0),
+                                out / "transfer", probe_per_class=max(plan.transfer_per_class), loaded=loaded,
+                                show_progress=show_progress)
 
-    stage(8, "transfer and probes", out / "transfer" / "transfer.json", transfer)
+    stage(8, "transfer and probes", out / "transfer" / "transfer.json", transfer_and_probes)
     return done

@@ -257,14 +257,14 @@ def test_build_cut_short_is_rebuilt_in_place(sources, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_report_of_real_outputs(tiny_tree, tmp_path):
     """A real run and the real ``zfnet visualize`` output, not fakes: the schemas the report reads."""
+    from zfnet.experiments import visualize
     from zfnet.train import TrainConfig, train
-    from zfnet.visualize.job import visualize_run
 
     run = tmp_path / "run"
     train(TrainConfig(data=str(tiny_tree), out=str(run), model="zfnet-tiny", epochs=1, batch_size=8, workers=0,
                       snapshots=(1,)), show_progress=False)
-    index = visualize_run(run, tiny_tree, layers=("conv1", "conv2"), maps=2, out=tmp_path / "vis",
-                          show_progress=False)
+    index = visualize.run(visualize.Config(run=str(run), data=str(tiny_tree), layers=("conv1", "conv2"), maps=2),
+                          tmp_path / "vis", show_progress=False).numbers
     out = build_report([tmp_path / "run", tmp_path / "vis"], tmp_path / "site")
     site = out.parent
     assert sorted(p.name for p in site.glob("layer-*.html")) == ["layer-conv1.html", "layer-conv2.html"]

@@ -1,4 +1,4 @@
-"""The visualize job on a tiny trained run: PNGs that load, an index.json that matches top_activations."""
+"""The visualize experiment on a tiny trained run: PNGs that load, an index.json that matches top_activations."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ from PIL import Image
 
 from zfnet.data.folders import open_dataset
 from zfnet.data.transforms import center_crop
+from zfnet.errors import ZFNetError
+from zfnet.experiments import visualize as job
+from zfnet.experiments.visualize import Config, compare_architectures, run
 from zfnet.train import TrainConfig, load_run, train
-from zfnet.visualize import Deconvnet, job, receptive_fields, top_activations
+from zfnet.visualize import Deconvnet, receptive_fields, top_activations
 from zfnet.visualize.figures import aliasing, dead_filter_fraction
-from zfnet.visualize.job import compare_architectures, visualize_run
+
+
+def visualize_run(run_dir, data, *, out, show_progress=False, maps=16, **options):
+    """The experiment on a run directory, as ``zfnet visualize`` runs it; returns index.json's content."""
+    maps = tuple(maps) if isinstance(maps, list) else maps
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return run(Config(run=str(run_dir), data=str(data), maps=maps, **options), out, show_progress=False).numbers
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +103,11 @@ def test_maps_subset_images_and_validation(runs, tmp_path):
     assert list(index["layers"]["conv2"]) == ["1", "3"]
     ids = {i for e in index["layers"]["conv2"].values() for i in e["image_ids"]}
     assert len(ids) <= 5 and all(0 <= i < 12 for i in ids)
-    with pytest.raises(ValueError, match=r"unknown layer 'conv9'.*conv1"):
+    with pytest.raises(ZFNetError, match=r"unknown layer 'conv9'.*conv1"):
         visualize_run(paths["zfnet-tiny"], data, layers=["conv9"], out=tmp_path, show_progress=False)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ZFNetError, match="out of range"):
         visualize_run(paths["zfnet-tiny"], data, layers=["conv1"], maps=[99], out=tmp_path, show_progress=False)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ZFNetError, match="visualize option k must be a whole number from 1"):
         visualize_run(paths["zfnet-tiny"], data, k=0, out=tmp_path, show_progress=False)
 
 
@@ -149,7 +158,7 @@ def test_run_without_snapshots_has_no_evolution_figure(runs, tmp_path):
     index = visualize_run(run, data, layers=["conv1"], maps=2, out=tmp_path / "figs", show_progress=False)
     assert index["snapshots"] == [] and set(index["figures"]) == {"top9-conv1", "filters-conv1"}
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["filters-conv1.png", "index.json", "maps",
-                                                                     "top9-conv1.png"]
+                                                                     "top9-conv1.png", "visualize.config.json"]
     entry = next(iter(index["layers"]["conv1"].values()))
     assert "evolution_png" not in entry and (tmp_path / "figs" / entry["projections_png"]).is_file()
 
@@ -166,3 +175,26 @@ def test_every_map_has_its_own_tiles(visualized):
             # The fixture shows 4 maps, fewer than evolution_maps (8): every map has its strip.
             strip = _png(out / entry["evolution_png"])
             assert strip.width > strip.height  # one row: a projection per snapshot (2 here)
+
+
+def test_the_resolved_config_is_written_beside_the_figures(runs, tmp_path):
+    data, paths = runs
+    run(Config(run=str(paths["zfnet-tiny"]), data=str(data), layers=("conv2",), maps=2, max_images=4,
+               evolution_images=4), tmp_path, show_progress=False)
+    saved = json.loads((tmp_path / "visualize.config.json").read_text())
+    assert saved["experiment"] == "visualize" and saved["resolved"] == {"layers": ["conv2"]}
+    assert Config.from_mapping(saved["config"]) == Config(run=str(paths["zfnet-tiny"]), data=str(data),
+                                                          layers=("conv2",), maps=2, max_images=4, evolution_images=4)
+
+
+def test_cli_flags_come_from_the_config(runs, tmp_path, capsys):
+    data, paths = runs
+    config = tmp_path / "options.toml"
+    config.write_text('layers = ["conv1"]\nmaps = 2\nmax-images = 4\nevolution_images = 4\nk = 2\n')
+    from zfnet.cli import main
+
+    assert main(["visualize", str(paths["zfnet-tiny"]), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--config", str(config), "--k", "3"]) == 0
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert list(index["layers"]) == ["conv1"] and index["k"] == 3 and index["images"] == 4  # the flag wins
+    assert "visualised 2 feature maps of conv1 over 4 images" in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""The visualize job: every figure of a trained run, written as PNGs with an ``index.json``.
+"""``zfnet visualize``: every deconvnet figure of a trained model, written as PNGs with an ``index.json``.
 
-:func:`visualize_run` makes, for one run directory,
+:func:`run` makes, for one run directory (or a model zfnet did not train),
 
 - ``top9-<layer>.png`` per layer (Fig. 2): for each shown feature map the top-k projections beside the
   image patches under them;
@@ -10,7 +10,8 @@
 - ``index.json``: per layer and map the top-k images (data set indices), positions and values, and the
   paths of every figure, so that a report can be rebuilt without recomputing anything.
 
-:func:`compare_architectures` makes Fig. 6 for two runs (e.g. AlexNet and ZFNet): their layer-1 filters and
+With ``compare`` (another run), or called on its own, :func:`compare_architectures` makes Fig. 6 for two
+runs (e.g. AlexNet and ZFNet): their layer-1 filters and
 layer-2 features, with the fraction of dead layer-1 filters and their aliasing (see
 :mod:`zfnet.visualize.figures`), as ``architectures.png`` and ``architectures.json``.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,11 @@ from .._io import atomic_write_json
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import center_crop
+from ..errors import ZFNetError
 from ..progress import progress
 from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
-from .deconvnet import Deconvnet
-from .figures import (
+from ..visualize.deconvnet import Deconvnet
+from ..visualize.figures import (
     aliasing,
     dead_filter_fraction,
     draw_architecture_comparison,
@@ -44,13 +47,110 @@ from .figures import (
     save_image,
     tile,
 )
-from .layers import PAPER_LAYERS, default_layers, traced_deconvnet
-from .receptive_field import receptive_fields
-from .topk import TopK, project_top_activations, top_activations
+from ..visualize.layers import PAPER_LAYERS, default_layers, traced_deconvnet
+from ..visualize.receptive_field import receptive_fields
+from ..visualize.topk import TopK, project_top_activations, top_activations
+from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, ModelSource, option, write_config
+from .base import Result as _Result
 
-__all__ = ["visualize_run", "compare_architectures", "DEFAULT_LAYERS"]
+__all__ = ["Config", "Result", "run", "compare_architectures", "DEFAULT_LAYERS", "NAME", "HELP", "DESCRIPTION"]
 
 DEFAULT_LAYERS = PAPER_LAYERS
+
+NAME = "visualize"
+HELP = "deconvnet figures of a model: top-k projections, filters, evolution"
+DESCRIPTION = ("The paper's Fig. 2 (top-k projections beside their image patches, per layer), the layer-1 filters, "
+               "Fig. 4 (feature evolution over the run's snapshots) and an index.json of every map's top images, "
+               "positions and values. With --compare, also Fig. 6: this run's and another run's layer-1/2 features "
+               "with dead-filter and aliasing figures.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ModelSource):
+    """The visualize experiment's options (``zfnet visualize --help`` shows the same)."""
+
+    what = "visualize option"
+
+    data: str = option(help="data folder (train/ and val/ inside)")
+    layers: tuple[str, ...] | None = option(None, max_items=1000,
+                                            help="layers to visualise, comma-separated (default: conv1,...,conv5; "
+                                            "for another --model, its top-level stages that hold convolutions, "
+                                            "e.g. conv1,layer1,...,layer4)")
+    k: int = option(9, low=1, high=1000, help="top activations per feature map")
+    maps: int | tuple[int, ...] | None = option(16, low=0, high=1_000_000,
+                                                help="feature maps shown per layer: a seeded random subset of this "
+                                                "many (from Python also a list of map indices, or None: all)")
+    split: str = option("val", help="split folder whose images are searched")
+    max_images: int | None = option(None, low=1, high=MAX_COUNT, metavar="N",
+                                    help="search a seeded random subset of N images of the split (default: all)")
+    seed: int = option(0, low=0, high=MAX_SEED, help="seed of the choice of shown maps and of --max-images")
+    compare: str | None = option(None, metavar="RUN_B", help="another run (e.g. AlexNet) for the Fig. 6 comparison")
+    evolution_maps: int = option(8, low=1, high=1000, help="Fig. 4 shows the first this many shown maps per layer")
+    evolution_images: int = option(256, low=1, high=MAX_COUNT,
+                                   help="Fig. 4 searches a seeded subset of this many images, per snapshot")
+    batch_size: int = option(32, low=1, high=MAX_BATCH, help="images per forward pass")
+
+
+@dataclass
+class Result(_Result):
+    """``numbers`` is ``index.json``'s content; ``numbers["architectures"]``, with ``compare``, is
+    ``architectures.json``'s."""
+
+    kind = NAME
+
+    def lines(self) -> list[str]:
+        index = self.numbers
+        shown = sum(len(maps) for maps in index["layers"].values())
+        out = [f"visualised {shown} feature maps of {', '.join(index['layers'])} over {index['images']} images"]
+        arch = index.get("architectures")
+        if arch:
+            out.append("architecture comparison: " + "; ".join(
+                f"{r['model']}: {100 * r['dead_fraction']:.0f}% dead layer-1 filters, aliasing {r['aliasing']:.3f}"
+                for r in arch["runs"]))
+        return out
+
+
+def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, show_progress: bool = True) -> Result:
+    """Write Fig. 2 per layer, the layer-1 filters, Fig. 4 per layer and ``index.json`` (with ``compare``,
+    Fig. 6 too) into ``out``, and ``visualize.config.json``.
+
+    Args:
+        config: the options.
+        out: the folder to write into (created).
+        loaded: the model, when the caller has loaded it already (else ``config`` names it).
+        show_progress: progress bars.
+
+    Raises:
+        ZFNetError: an unknown layer (listing the valid ones), bad ``maps``, an unreadable run, or a
+            model the deconvnet cannot trace.
+
+    Example:
+        >>> run(Config(run="runs/zfnet", data="data/synth", maps=16), "runs/zfnet/figures")  # doctest: +SKIP
+    """
+    loaded = loaded if loaded is not None else config.load(data=config.data, split=config.split)
+    out = Path(out)
+    architectures = None
+    try:
+        if config.compare is not None:
+            other = config.compare if isinstance(config.compare, LoadedRun) else load_run(
+                config.compare, "best" if config.model else config.weights or "best")
+            other.model.to(next(loaded.model.parameters()).device)
+            architectures = compare_architectures(
+                loaded, other, out, data=config.data, split=config.split, seed=config.seed,
+                max_images=config.max_images if config.max_images is not None else 512, batch_size=config.batch_size,
+                show_progress=show_progress)
+        maps = config.maps if config.maps != 0 else None
+        index = _visualize(loaded, config.data, layers=config.layers, k=config.k, maps=maps, split=config.split,
+                              out=out, seed=config.seed, max_images=config.max_images,
+                              evolution_maps=config.evolution_maps, evolution_images=config.evolution_images,
+                              batch_size=config.batch_size, show_progress=show_progress)
+    except ValueError as err:  # an unknown layer, a map out of range: the user's to fix
+        raise ZFNetError(str(err)) from None
+    files = {"index": out / "index.json", "config": write_config(out, NAME, config, layers=list(index["layers"]))}
+    if architectures is not None:
+        index = {**index, "architectures": architectures}
+        files["architectures"] = out / "architectures.json"
+    return Result(out, index, files)
 
 
 class _Images:
@@ -190,7 +290,7 @@ def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs
     return torch.cat(all_proj), torch.cat(all_patches)
 
 
-def visualize_run(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequence[str] | None = None, k: int = 9,
+def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequence[str] | None = None, k: int = 9,
                   maps: int | Sequence[int] | None = None, split: str = "val", out: str | Path,
                   weights: str = "best", seed: int = 0, max_images: int | None = None,
                   evolution_maps: int = 8, evolution_images: int = 256, batch_size: int = 32,
@@ -226,8 +326,6 @@ def visualize_run(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequ
         CheckpointError: an unreadable run.
         ZFNetError: a model the deconvnet cannot trace.
 
-    Example:
-        >>> visualize_run("runs/zfnet", "data/synth", out="runs/zfnet/figures", maps=16)  # doctest: +SKIP
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
