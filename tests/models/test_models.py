@@ -233,3 +233,12 @@ def test_unit_biases_skip_removed_layers():
 def test_init_bias_one_refuses_an_unknown_layer():
     with pytest.raises(ValueError, match="init_bias_one"):
         ConvNetConfig(init_bias_one=("conv9",))
+
+
+def test_fc_widths_with_fc6_and_fc7_removed_are_refused():
+    with pytest.raises(ValueError, match=r"fc=\(2048, 2048\) sets the widths of fc6 and fc7, which removed="):
+        build("zfnet", removed=("fc6", "fc7"), fc=(2048, 2048))
+
+
+def test_fc_widths_with_one_fc_layer_removed_are_used():
+    assert build("zfnet-tiny", num_classes=3, removed=("fc7",), fc=(64, 64)).fc6.linear.out_features == 64

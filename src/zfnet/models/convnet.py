@@ -179,12 +179,21 @@ class ConvNetConfig:
         return sizes
 
     def with_overrides(self, **overrides) -> ConvNetConfig:
-        """A copy with some fields changed; unknown names raise ``ValueError`` listing valid ones."""
+        """A copy with some fields changed.
+
+        Raises:
+            ValueError: an unknown option (the valid ones are listed), or widths of fc6 and fc7
+                given together with the removal of both (they would be silently unused).
+        """
         valid = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
             raise ZFNetError(f"unknown model option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
-        return replace(self, **overrides)
+        config = replace(self, **overrides)
+        if "fc" in overrides and {"fc6", "fc7"} <= set(config.removed):
+            raise ZFNetError(f"fc={tuple(config.fc)} sets the widths of fc6 and fc7, which removed="
+                             f"{config.removed} leaves out; give one or the other")
+        return config
 
 
 def matched_init_std(config: ConvNetConfig, reference: ConvNetConfig, std: float = 1e-2) -> ConvNetConfig:
