@@ -157,7 +157,7 @@ def modes_on_run(run: str, data: str, images: int, window: int, stride: int, cap
     from zfnet.analysis.occlusion import ssim
     from zfnet.data import open_dataset
     from zfnet.data.transforms import center_crop
-    from zfnet.deconvnet import Deconvnet
+    from zfnet import Deconvnet
     from zfnet.train import load_run
 
     loaded = load_run(run)

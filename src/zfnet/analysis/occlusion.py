@@ -559,7 +559,7 @@ def occlusion(model: nn.Module | Deconvnet, image: torch.Tensor, target: int, wi
     """Slide a grey square over ``image`` and record the paper's four occlusion panels (Fig. 7).
 
     Args:
-        model: any feed-forward CNN the deconvnet accepts (see :class:`zfnet.deconvnet.Deconvnet`),
+        model: any feed-forward CNN the deconvnet accepts (see :class:`zfnet.visualize.deconvnet.Deconvnet`),
             or a Deconvnet of it; run in eval mode, its training flags restored afterwards.
         image: one image (C, H, W) in the model's input space (mean-subtracted), on its device.
         target: the class whose probability is mapped (panel d), usually the true label.

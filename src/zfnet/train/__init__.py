@@ -1,4 +1,12 @@
-"""The paper's training recipe: configuration, loop, checkpoints, evaluation, DDP."""
+"""The paper's training recipe: configuration, loop, checkpoints, evaluation, DDP.
+
+``zfnet.train`` is both this package and the function :func:`zfnet.train.loop.train`: calling the
+package (``from zfnet import train; train(config)``) runs the training loop, since Python binds the name
+``zfnet.train`` to the package as soon as any of its modules is imported.
+"""
+
+import sys
+import types
 
 from .checkpoint import LoadedRun, RunFiles, load_model, load_run, load_state, save_weights
 from .config import PAPER_SNAPSHOTS, TrainConfig, load_config_file
@@ -10,3 +18,13 @@ __all__ = [
     "evaluate_runs", "EvalReport", "EvalResult", "predict", "topk_errors",
     "RunFiles", "LoadedRun", "load_run", "load_model", "load_state", "save_weights",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, callable as :func:`zfnet.train.loop.train`."""
+
+    def __call__(self, config: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+        return train(config, resume=resume, show_progress=show_progress)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
