@@ -276,3 +276,14 @@ def test_report_of_real_outputs(tiny_tree, tmp_path):
             assert (site / str(img["src"])).is_file()
     text = (site / "index.html").read_text()
     assert "zfnet-tiny" in text and "<svg" in text and "training-curves-" in text
+
+
+def test_rebuilding_a_report_keeps_its_title_unless_given(sources, tmp_path):
+    out = tmp_path / "site"
+    build_report([sources], out, title="zfnet demo")
+    build_report([sources], out)  # `zfnet report DEMO --out DEMO/report` must not rename the demo's report
+    assert "zfnet demo" in (out / "index.html").read_text().split("</title>")[0]
+    build_report([sources], out, title="Mine")
+    assert "Mine" in (out / "index.html").read_text().split("</title>")[0]
+    build_report([sources], tmp_path / "new")
+    assert "ZFNet report" in (tmp_path / "new" / "index.html").read_text().split("</title>")[0]

@@ -197,12 +197,12 @@ class _Site:
         return {"src": rel, "width": width, "height": height}
 
 
-def _prepare_out(out: Path) -> list[str]:
-    """Check that ``out`` is new, empty or an earlier report's, and return the files that report wrote."""
+def _prepare_out(out: Path) -> tuple[list[str], str | None]:
+    """Check that ``out`` is new, empty or an earlier report's; return the files and the title that report had."""
     if out.exists() and not out.is_dir():
         raise ZFNetError(f"--out {out} is a file, not a folder")
     if not out.exists():
-        return []
+        return [], None
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
@@ -210,10 +210,12 @@ def _prepare_out(out: Path) -> list[str]:
         except Refused:
             saved = None
         if isinstance(saved, dict) and saved.get("format") == REPORT_FORMAT and isinstance(saved.get("files"), list):
-            return [f for f in saved["files"] if isinstance(f, str)]
+            title = saved.get("title")
+            return ([f for f in saved["files"] if isinstance(f, str)],
+                    title if isinstance(title, str) and 0 < len(title) <= 200 else None)
     if folder_entries(out):
         raise ZFNetError(f"--out {out} is not empty and holds no zfnet report; choose an empty or new folder")
-    return []
+    return [], None
 
 
 def _remove_stale(out: Path, previous: list[str], written: set[str]) -> None:
@@ -497,7 +499,10 @@ def _common_base(found: Sources) -> Path | None:
         return None
 
 
-def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str = "ZFNet report") -> Path:
+DEFAULT_TITLE = "ZFNet report"
+
+
+def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
     """Build the static report from saved results, recomputing nothing.
 
     Args:
@@ -505,7 +510,8 @@ def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str =
             JSON files; folders are searched a few levels down.
         out: the report folder: new, empty, or an earlier report's (which is updated; files it wrote and
             that are no longer needed are removed, nothing else is).
-        title: the site's title.
+        title: the site's title; None: the earlier report's in ``out`` (a demo's stays the demo's), else
+            "ZFNet report".
 
     Returns:
         The path of ``index.html``.
@@ -529,13 +535,14 @@ def build_report(sources: Sequence[str | Path], out: str | Path, *, title: str =
         return _build(sources, out, title)
 
 
-def _build(sources: Sequence[str | Path], out: Path, title: str) -> Path:
-    previous = _prepare_out(out)
+def _build(sources: Sequence[str | Path], out: Path, title: str | None) -> Path:
+    previous, earlier_title = _prepare_out(out)
+    title = title if title is not None else earlier_title or DEFAULT_TITLE
     found = discover([Path(s) for s in sources], exclude=out)
     out.mkdir(parents=True, exist_ok=True)
     # Mark the folder as a report's first, so that a build cut short can be rebuilt in place.
     atomic_write_json(out / MANIFEST, {"format": REPORT_FORMAT, "sources": [str(Path(s)) for s in sources],
-                                       "files": previous})
+                                       "files": previous, "title": title})
     site = _Site(out)
     env = _environment()
     base = _common_base(found)
@@ -594,5 +601,5 @@ def _build(sources: Sequence[str | Path], out: Path, title: str) -> Path:
 
     _remove_stale(out, previous, site.written)
     atomic_write_json(out / MANIFEST, {"format": REPORT_FORMAT, "sources": [str(Path(s)) for s in sources],
-                                       "files": sorted(site.written)})
+                                       "files": sorted(site.written), "title": title})
     return out / "index.html"
