@@ -1,0 +1,132 @@
+"""A training run's folder as one object: what it trained, how far it got, and its model on demand.
+
+:class:`Run` reads a run directory lazily and checks what it reads: its configuration, its per-epoch
+metrics, the epochs it finished, its weight snapshots, and its model's metadata from a weights file's
+header (no tensor is read). :meth:`Run.model` loads the weights once per choice (``best``, ``last``,
+``epoch-N``) and returns the :class:`~zfnet.train.checkpoint.LoadedRun` every experiment takes: the
+model with its preprocessing (mean image, input size, classes). So a caller that runs several
+experiments on one run (the demo) loads it once.
+
+Example:
+    >>> run = Run.open("runs/zfnet")  # doctest: +SKIP
+    >>> run.finished_epochs, run.snapshots, run.architecture  # doctest: +SKIP
+    (20, [1, 2, 5, 10, 20], 'zfnet-cpu')
+    >>> Run.open("runs/no-fc").architecture  # doctest: +SKIP
+    'zfnet-cpu (removed=fc6/fc7)'
+    >>> loaded = run.model()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+from .checkpoint import LoadedRun, RunFiles, load_run, load_run_config, read_classes, read_weights_metadata
+from .config import TrainConfig
+
+__all__ = ["Run", "MAX_METRIC_LINES"]
+
+MAX_METRIC_LINES = 100_000
+"""The most lines of a ``metrics.jsonl`` read (one per epoch)."""
+
+
+class Run:
+    """A run directory of ``zfnet train``, read on demand; see the module's docstring."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.files = RunFiles(self.root)
+        self._loaded: dict[str, LoadedRun] = {}
+
+    @classmethod
+    def open(cls, root: str | Path) -> Run:
+        """The run in ``root``.
+
+        Raises:
+            CheckpointError: ``root`` is missing, or is not a run directory (no ``classes.json``).
+        """
+        run = cls(root)
+        if not run.root.is_dir():
+            raise CheckpointError(f"run directory {run.root} does not exist")
+        if not run.files.classes.is_file():
+            raise CheckpointError(f"{run.root} is not a zfnet run directory (no classes.json)")
+        return run
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    @cached_property
+    def config(self) -> TrainConfig | None:
+        """The configuration it was trained with (None: a run without ``config.json``), every option checked."""
+        return load_run_config(self.files.config) if self.files.config.is_file() else None
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Its class folder names, in output order."""
+        return read_classes(self.files.classes)[0]
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """One record per finished epoch (``epoch``, ``val_top1_error`` ...), as ``metrics.jsonl`` holds them.
+
+        Raises:
+            CheckpointError: a line that is not a JSON object, or more than :data:`MAX_METRIC_LINES`.
+        """
+        path = self.files.metrics
+        if not path.is_file():
+            return []
+        rows = []
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if number > MAX_METRIC_LINES:
+                    raise CheckpointError(f"{path} has more than {MAX_METRIC_LINES} lines")
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise CheckpointError(f"{path}, line {number}: not JSON") from None
+                if not isinstance(row, dict):
+                    raise CheckpointError(f"{path}, line {number}: not an object")
+                rows.append(row)
+        return rows
+
+    @property
+    def finished_epochs(self) -> int:
+        """How many epochs it finished (its metrics' lines)."""
+        return len(self.metrics)
+
+    @property
+    def snapshots(self) -> list[int]:
+        """The epochs whose weights it kept (feature evolution)."""
+        return self.files.list_snapshots()
+
+    def model_info(self, weights: str = "best") -> dict[str, Any]:
+        """The metadata of its ``weights`` (``model``, ``num_classes``, ``model_options`` ...), every key
+        checked; the tensors are not read."""
+        return read_weights_metadata(self.files.weights(weights))
+
+    @property
+    def architecture(self) -> str:
+        """Its model's name with any options: ``zfnet-cpu`` or ``zfnet (removed=fc6/fc7)``."""
+        meta = self.model_info("best" if self.files.best.is_file() else "last")
+        name = str(meta.get("model", "unknown"))
+        options = meta.get("model_options") or {}
+        if options:
+            name += " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())) + ")"
+        return name
+
+    def model(self, weights: str = "best") -> LoadedRun:
+        """Its model with ``weights`` (``best``, ``last`` or ``epoch-N``) and its preprocessing, loaded once."""
+        if weights not in self._loaded:
+            self._loaded[weights] = load_run(self.root, weights)
+        return self._loaded[weights]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "/".join(str(v) for v in value)
+    return str(value)
