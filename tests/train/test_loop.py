@@ -1,4 +1,4 @@
-"""The training loop: the run directory, exact resumption, refusals, divergence, the lr schedule."""
+"""The training loop: the run directory, exact resumption, refusals, divergence, the lr schedule, the crops."""
 
 from __future__ import annotations
 
@@ -94,14 +94,14 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tree, tmp_path
     before = _weights(run / "last.safetensors")
     state_before = (run / "last.pt").read_bytes()
     # Epoch 2's second batch holds absurd values: its loss is not finite.
-    real_crops, calls = loop.random_crops, []
+    real_crops, calls = loop.training_crops, []
 
     def huge_second_batch(*args, **kw):
         calls.append(1)
         x = real_crops(*args, **kw)
         return x * 1e38 * 1e38 if len(calls) == 2 else x
 
-    monkeypatch.setattr(loop, "random_crops", huge_second_batch)
+    monkeypatch.setattr(loop, "training_crops", huge_second_batch)
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf).*batch 2.*epoch 2.*last good checkpoint.*epoch 1"):
         train(_config(tiny_tree, run, epochs=3), resume=True, show_progress=False)
     after = _weights(run / "last.safetensors")
@@ -218,3 +218,90 @@ def test_training_learns_something(tmp_path):
     result = train(_config(data, tmp_path / "run", epochs=20, batch_size=8, snapshots=()), show_progress=False)
     losses = [r["train_loss"] for r in result.metrics]
     assert min(losses[-5:]) < 0.8 * 1.0986, losses
+
+
+# -- training crops: the paper's ten by default, a run's own kept on resume -----------------------------------
+
+
+def _crops_used(monkeypatch) -> list[str]:
+    """Record the kind of training crops of every step."""
+    from zfnet.train import loop
+
+    real, kinds = loop.training_crops, []
+
+    def recording(images, size, crops, **kw):
+        kinds.append(crops)
+        return real(images, size, crops, **kw)
+
+    monkeypatch.setattr(loop, "training_crops", recording)
+    return kinds
+
+
+def _forget_train_crops(run) -> None:
+    """Make ``run`` look like one saved before ``train_crops`` existed (no such key anywhere)."""
+    from zfnet.train.checkpoint import load_state, save_state
+
+    config = json.loads((run / "config.json").read_text())
+    del config["train_crops"]
+    (run / "config.json").write_text(json.dumps(config))
+    state = load_state(run / "last.pt")
+    del state["config"]["train_crops"]
+    save_state(run / "last.pt", state)
+
+
+def test_a_new_run_takes_the_papers_ten_crops_by_default(tiny_tree, tmp_path, monkeypatch):
+    kinds = _crops_used(monkeypatch)
+    train(_config(tiny_tree, tmp_path / "run", epochs=1), show_progress=False)
+    assert set(kinds) == {"ten"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_crops"] == "ten"
+
+
+def test_train_crops_random_takes_random_crops(tiny_tree, tmp_path, monkeypatch):
+    kinds = _crops_used(monkeypatch)
+    train(_config(tiny_tree, tmp_path / "run", epochs=1, train_crops="random"), show_progress=False)
+    assert set(kinds) == {"random"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_crops"] == "random"
+
+
+def test_a_resumed_run_keeps_its_own_crops(tiny_tree, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(_config(tiny_tree, run, epochs=1, train_crops="random"), show_progress=False)
+    kinds = _crops_used(monkeypatch)
+    train(_config(tiny_tree, run, epochs=2), resume=True, show_progress=False)  # train_crops unset
+    assert set(kinds) == {"random"}
+
+
+def test_a_run_saved_without_train_crops_resumes_with_random_crops_exactly(tiny_tree, tmp_path):
+    # An old run (random crops, no train_crops saved) resumed from the command line with no flag goes
+    # on as it began: bit for bit the run that was never interrupted.
+    from zfnet.cli import main
+
+    straight = tmp_path / "straight"
+    train(_config(tiny_tree, straight, epochs=2, train_crops="random"), show_progress=False)
+    old = tmp_path / "old"
+    train(_config(tiny_tree, old, epochs=1, train_crops="random"), show_progress=False)
+    _forget_train_crops(old)
+    assert main(["train", "--out", str(old), "--resume", "--epochs", "2", "--quiet"]) == 0
+    a, b = _weights(straight / "last.safetensors"), _weights(old / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((old / "config.json").read_text())["train_crops"] == "random"
+
+
+def test_resume_refuses_to_change_the_crops(tiny_tree, tmp_path):
+    run = tmp_path / "run"
+    train(_config(tiny_tree, run, epochs=1), show_progress=False)
+    state = (run / "last.pt").read_bytes()
+    with pytest.raises(ZFNetError, match="trained with train_crops='ten'; --resume cannot change it to 'random'"):
+        train(_config(tiny_tree, run, epochs=2, train_crops="random"), resume=True, show_progress=False)
+    assert (run / "last.pt").read_bytes() == state
+
+
+def test_run_train_crops_known_answers():
+    from zfnet.train.loop import run_train_crops
+
+    unset, ten, random = (TrainConfig(data="d", out="o", train_crops=c) for c in (None, "ten", "random"))
+    assert run_train_crops(unset, None) == "ten"             # a new run: the paper's
+    assert run_train_crops(random, None) == "random"
+    assert run_train_crops(unset, {"lr": 0.01}) == "random"  # saved before the option: what zfnet took then
+    assert run_train_crops(unset, {"train_crops": "ten"}) == "ten"
+    assert run_train_crops(ten, {"train_crops": "ten"}) == "ten"

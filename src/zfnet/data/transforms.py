@@ -4,9 +4,10 @@ Every image is opened by :func:`~zfnet.data.images.open_image` (one set of rules
 regular files only, no decompression bombs, EXIF orientation applied) as 8-bit RGB, its smaller side
 resized to the *base size* and centre-cropped to base x base (256 for a 224 crop; sizes scale with the
 model's input: ``base_size(112) == 128``). The per-pixel mean image of the training set (computed once
-at base size, values 0-255) is subtracted; training takes random input-size crops with horizontal
-flips, evaluation the centre crop or the ten crops (4 corners + centre, and their mirror images),
-averaging the softmax outputs.
+at base size, values 0-255) is subtracted. Evaluation takes the centre crop or the ten crops (4 corners
++ centre, and their mirror images), averaging the softmax outputs; training takes one of those ten
+crops per image, drawn at random (the paper's §3, :func:`random_ten_crops`), or, as Krizhevsky et al.
+did, a crop at any offset, mirrored half the time (:func:`random_crops`).
 
 A :class:`Normalization` is how 0-255 pixels become a model's input, ``(pixels - mean) / std``: for
 a zfnet run the mean image and no division, for a model trained elsewhere a per-channel mean and
@@ -30,7 +31,8 @@ from .images import open_image, to_rgb
 
 __all__ = [
     "base_size", "to_rgb", "load_image", "resize_center_crop", "pil_to_tensor",
-    "random_crops", "center_crop", "ten_crops", "normalize", "Normalization",
+    "TRAIN_CROPS", "training_crops", "random_crops", "random_ten_crops", "center_crop", "ten_crops",
+    "normalize", "Normalization",
 ]
 
 
@@ -179,6 +181,25 @@ def _show(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+TRAIN_CROPS = ("ten", "random")
+"""The training crops: the paper's ten (:func:`random_ten_crops`) or any offset (:func:`random_crops`)."""
+
+
+def training_crops(batch: torch.Tensor, size: int, crops: str, *, generator: torch.Generator | None = None,
+                   mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The training crop of each image: ``crops`` is ``"ten"`` (:func:`random_ten_crops`, the paper's)
+    or ``"random"`` (:func:`random_crops`, with flips).
+
+    Shape:
+        (B, C, S, S) -> (B, C, size, size)
+    """
+    if crops == "ten":
+        return random_ten_crops(batch, size, generator=generator, mean=mean)
+    if crops == "random":
+        return random_crops(batch, size, generator=generator, mean=mean)
+    raise ValueError(f"unknown training crops {crops!r}; valid: {', '.join(TRAIN_CROPS)}")
+
+
 def random_crops(batch: torch.Tensor, size: int, *, generator: torch.Generator | None = None,
                  flip: bool = True, mean: torch.Tensor | None = None) -> torch.Tensor:
     """A random ``size`` x ``size`` crop of each image, mirrored with probability 1/2.
@@ -200,6 +221,45 @@ def random_crops(batch: torch.Tensor, size: int, *, generator: torch.Generator |
     ys = torch.randint(0, h - size + 1, (b,), generator=generator).tolist()
     xs = torch.randint(0, w - size + 1, (b,), generator=generator).tolist()
     flips = (torch.rand(b, generator=generator) < 0.5).tolist() if flip else [False] * b
+    return _crops_at(batch, size, ys, xs, flips, mean)
+
+
+def random_ten_crops(batch: torch.Tensor, size: int, *, generator: torch.Generator | None = None,
+                     mean: torch.Tensor | None = None) -> torch.Tensor:
+    """One of the paper's ten crops of each image, drawn uniformly: its training augmentation (§3).
+
+    The ten are those of :func:`ten_crops`: the four corners and the centre, each as it is or
+    mirrored; each image's crop is drawn independently, with probability 1/10 each.
+
+    Args:
+        batch: (B, C, S, S), any dtype, on any device.
+        size: crop side, at most S.
+        generator: CPU generator for the choice of crop (for exact resumption).
+        mean: optional mean image (C, S, S), subtracted as in :func:`random_crops`.
+
+    Shape:
+        (B, C, S, S) -> (B, C, size, size)
+
+    Example:
+        >>> images = torch.arange(9.0).view(1, 1, 3, 3).expand(20, 1, 3, 3)
+        >>> crops = random_ten_crops(images, 2, generator=torch.Generator().manual_seed(0))
+        >>> all(any(torch.equal(c, t) for t in ten_crops(images[:1], 2)[0]) for c in crops)
+        True
+    """
+    b, _, h, w = batch.shape
+    if size > min(h, w):
+        raise ValueError(f"crop {size} is larger than the images ({h}x{w})")
+    # ten_crops' order: top-left, top-right, bottom-left, bottom-right, centre; then the five mirrored.
+    offsets = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
+    picks = torch.randint(0, 10, (b,), generator=generator).tolist()
+    ys = [offsets[k % 5][0] for k in picks]
+    xs = [offsets[k % 5][1] for k in picks]
+    return _crops_at(batch, size, ys, xs, [k >= 5 for k in picks], mean)
+
+
+def _crops_at(batch: torch.Tensor, size: int, ys: list[int], xs: list[int], flips: list[bool],
+              mean: torch.Tensor | None) -> torch.Tensor:
+    """Image i's crop at (ys[i], xs[i]), minus the same crop of ``mean`` if given, mirrored where flips[i]."""
     out = torch.stack([batch[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(ys, xs))])
     if mean is not None:
         means = torch.stack([mean[:, y:y + size, x:x + size] for y, x in zip(ys, xs)])

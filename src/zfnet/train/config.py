@@ -1,7 +1,8 @@
 """Training configuration: the paper's recipe (§3) as defaults.
 
 SGD with mini-batches of 128, learning rate 1e-2, momentum 0.9, dropout 0.5 in fc6 and fc7,
-weights N(0, 1e-2), biases 0, conv filters renormalised to RMS 0.1 after each step, the learning
+weights N(0, 1e-2), biases 0, conv filters renormalised to RMS 0.1 after each step, each training
+image seen as one of its ten crops (4 corners and the centre, each mirrored or not), the learning
 rate divided by 10 when the validation error stops improving (the paper did this by hand; here a
 plateau of ``lr_patience`` epochs triggers it, once the error has left chance level, and every change
 is logged). The paper states no
@@ -18,6 +19,7 @@ from typing import Any
 
 from .._validate import check_fields, check_value, from_mapping, limits
 from ..data.folders import LAYOUTS
+from ..data.transforms import TRAIN_CROPS
 from ..errors import ZFNetError
 from ..models import model_config
 
@@ -59,6 +61,11 @@ class TrainConfig:
         cache: keep decoded images in memory: ``auto``, ``memory`` or ``none``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         channels_last: channels-last memory format (None: on CPU and CUDA, where it is faster).
+        train_crops: the crop each training image is seen through: ``ten``, one of the paper's ten
+            crops at random (§3), or ``random``, a crop at any offset, mirrored half the time
+            (Krizhevsky et al.'s). None: ``ten`` for a new run; on resume, the run's own, and
+            ``random`` for a run saved before this option existed (it took those). The run's
+            ``config.json`` holds the value used.
     """
 
     data: str
@@ -81,6 +88,7 @@ class TrainConfig:
     cache: str = field(default="auto", metadata=limits(choices=("auto", "memory", "none")))
     device: str = field(default="auto", metadata=limits(choices=_DEVICES, pattern=r"auto|cpu|cuda(:[0-9]{1,3})?"))
     channels_last: bool | None = None
+    train_crops: str | None = field(default=None, metadata=limits(choices=TRAIN_CROPS))
 
     def __post_init__(self) -> None:
         check_fields(self, "training option")

@@ -1,9 +1,10 @@
 """The training loop: the paper's recipe, resumable exactly, on one or many processes.
 
-Each epoch's data order, crops, flips and dropout masks are drawn from generators seeded by
-``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch E repeats epoch E+1 exactly
-as an uninterrupted run would. State is written atomically at the end of every epoch: a ``kill -9``
-loses at most the epoch in progress.
+Each training image is seen through one of its ten crops drawn at random (the paper's §3) or through a
+crop at any offset (``train_crops``). Each epoch's data order, crops, flips and dropout masks are drawn
+from generators seeded by ``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch E
+repeats epoch E+1 exactly as an uninterrupted run would. State is written atomically at the end of
+every epoch: a ``kill -9`` loses at most the epoch in progress.
 
 A run folder has one writer: the process of rank 0 holds its :func:`~zfnet._io.folder_lock` from the
 first check to the last write. The weights and the optimiser's state are checked finite at the end of
@@ -30,7 +31,7 @@ from torch.utils.data import DistributedSampler
 from .._io import atomic_write_json, atomic_write_text, folder_entries, folder_lock, remove_temp_files
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream, mean_image
-from ..data.transforms import Normalization, base_size, random_crops
+from ..data.transforms import Normalization, base_size, training_crops
 from ..errors import TrainingDiverged, ZFNetError
 from ..models import build, model_config, model_info, renormalize_filters_
 from ..models._fast import prepare_for_speed
@@ -51,7 +52,12 @@ from .checkpoint import (
 from .config import TrainConfig
 from .evaluate import predict, topk_errors
 
-__all__ = ["train", "TrainResult", "epoch_seed", "left_chance"]
+__all__ = ["train", "TrainResult", "epoch_seed", "left_chance", "run_train_crops"]
+
+NEW_RUN_CROPS = "ten"
+"""The crops of a new run whose config leaves ``train_crops`` unset: the paper's."""
+OLD_RUN_CROPS = "random"
+"""The crops of a run saved before ``train_crops`` existed: what zfnet took then."""
 
 
 def left_chance(val_top1_error: float, classes: int, images: int) -> bool:
@@ -93,6 +99,29 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def run_train_crops(config: TrainConfig, saved: dict | None) -> str:
+    """The training crops a run uses: fixed when it starts, kept when it resumes.
+
+    Args:
+        config: the configuration asked for.
+        saved: the configuration saved with the run's last finished epoch, None for a new run.
+
+    Returns:
+        ``config.train_crops`` or, unset, :data:`NEW_RUN_CROPS` for a new run and the saved run's own
+        for a resumed one (:data:`OLD_RUN_CROPS` when it saved none: it was trained before the option).
+
+    Raises:
+        ZFNetError: a resumed run asked for crops other than its own.
+    """
+    if saved is None:
+        return config.train_crops or NEW_RUN_CROPS
+    own = saved.get("train_crops") or OLD_RUN_CROPS
+    if config.train_crops not in (None, own):
+        raise ZFNetError(f"{config.out} was trained with train_crops={own!r}; --resume cannot change it "
+                         f"to {config.train_crops!r}")
+    return own
 
 
 def _check_run_dir(files: RunFiles, resume: bool) -> dict | None:
@@ -163,6 +192,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     ctx.barrier()
     if not ctx.is_main and resume and files.last.is_file():
         state = load_state(files.last)
+    # Resolved before anything is written, so that config.json says which crops the run takes.
+    saved = None if state is None else state.get("config") or {}
+    config = dataclasses.replace(config, train_crops=run_train_crops(config, saved))
     input_size = _input_size(config)
     size = base_size(input_size)
     train_ds = open_dataset(config.data, "train", size, layout=config.layout)
@@ -246,7 +278,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
         with bar:
             for step, batch in enumerate(train_stream.batches(indices, per_rank_batch)):
                 images = batch.images.to(ctx.device, non_blocking=True)
-                x = random_crops(images, input_size, generator=gen, mean=mean_dev)  # (B, 3, s, s)
+                x = training_crops(images, input_size, config.train_crops, generator=gen, mean=mean_dev)  # (B, 3, s, s)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = batch.labels.to(ctx.device, non_blocking=True)
