@@ -1,7 +1,8 @@
 """Figures of the correspondence (Table 1, Fig. 8) and invariance (Fig. 5) analyses.
 
 Drawing functions only: they take results already computed by :mod:`zfnet.analysis.correspondence` and
-:mod:`zfnet.analysis.invariance` and write one PNG each (matplotlib's Agg canvas, no pyplot state).
+:mod:`zfnet.analysis.invariance` and write one PNG each (:func:`zfnet.results.new_figure` and
+:func:`~zfnet.results.save_figure`: an Agg canvas of its own, no pyplot state, written atomically).
 
 - :func:`draw_correspondence`: the occluded images, one row per part (Fig. 8), beside Δ ± std per part
   and for random regions at each layer (Table 1 as bars, the paper's values marked);
@@ -17,9 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from ..results import new_figure, save_figure
 from .figures import tile
 
 if TYPE_CHECKING:
@@ -41,14 +41,6 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-
-
-def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
 
 
 def _label(name: str) -> str:
@@ -92,7 +84,7 @@ def draw_correspondence(panels: torch.Tensor, rows: Sequence[str], scores: _Tabl
     grid_w = n_img * cell + 1.4
     chart_w = 3.2
     height = max(n_rows * cell + 0.9, 3.6)
-    fig = Figure(figsize=(grid_w + chart_w * len(layers) + 0.3, height))
+    fig = new_figure(grid_w + chart_w * len(layers) + 0.3, height)
     fw, fh = fig.get_figwidth(), fig.get_figheight()
     fig.suptitle(title, fontsize=11, y=1 - 0.08 / fh, va="top")
     for r, name in enumerate(rows):
@@ -121,7 +113,7 @@ def draw_correspondence(panels: torch.Tensor, rows: Sequence[str], scores: _Tabl
         ax.set_title(f"Δ at {layer} (lower: more consistent)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylim(bottom=0)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def draw_invariance(curves: Sequence[InvarianceCurves], strips: Sequence[torch.Tensor],
@@ -154,7 +146,7 @@ def draw_invariance(curves: Sequence[InvarianceCurves], strips: Sequence[torch.T
     layers = list(curves[0].distances)[:2]
     units = dict(units or {})
     n_rows = len(curves)
-    fig = Figure(figsize=(17, 3.4 * n_rows + 0.7))
+    fig = new_figure(17, 3.4 * n_rows + 0.7)
     fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight(), va="top")
     fh = fig.get_figheight()
     colours = [f"C{i % 10}" for i in range(len(image_names))]
@@ -187,4 +179,4 @@ def draw_invariance(curves: Sequence[InvarianceCurves], strips: Sequence[torch.T
                 ax.set_ylim(bottom=0)
             if r == 0 and j == 0:
                 ax.legend(fontsize=6, loc="upper left")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi=dpi)
