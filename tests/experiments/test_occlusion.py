@@ -178,3 +178,34 @@ def test_paths_outside_the_data_folder_show_their_name(synth_run, tmp_path):
     copy.write_bytes(Path(image).read_bytes())
     result = occlusion_job(run, tmp_path / "o", images=[copy], window=16, stride=16)
     assert result["images"][0]["image"] == "mine.png" and result["images"][0]["box"] is None
+
+
+def test_panel_c_shows_the_strongest_maps_top_activations_on_other_images(synth_run, tmp_path):
+    """Fig. 7 (c): each other image's value is the map's strongest activation in it, strongest first."""
+    from zfnet.graph import trace
+    from zfnet.visualize.topk import layer_outputs
+
+    data, run_dir = synth_run
+    result = occlusion_job(run_dir, tmp_path, data=data, n_images=2, window=16, stride=16, others=2,
+                           search_images=6)
+    loaded = load_run(run_dir)
+    graph = trace(loaded.model)
+    for record in result["images"]:
+        others = record["others"]
+        assert len(others) == 2 and record["image"] not in [o["image"] for o in others]
+        values = [o["value"] for o in others]
+        assert values == sorted(values, reverse=True)
+        for other in others:
+            img = load_image(data / other["image"], loaded.base_size)
+            x = center_crop(loaded.normalize(img[None]), loaded.input_size)
+            with torch.no_grad():
+                act = layer_outputs(graph, x, [record["layer"]])[record["layer"]][0, record["channel"]]
+            assert other["value"] == pytest.approx(float(act.max()), rel=1e-5, abs=1e-6)
+    assert Image.open(tmp_path / result["images"][0]["figure"]).width > \
+        Image.open(tmp_path / result["images"][0]["figure"]).height * 4  # six panels side by side
+
+
+def test_panel_c_others_can_be_turned_off(synth_run, tmp_path):
+    data, run_dir = synth_run
+    result = occlusion_job(run_dir, tmp_path, data=data, n_images=1, window=16, stride=16, others=0)
+    assert result["images"][0]["others"] == []

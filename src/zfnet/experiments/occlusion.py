@@ -34,6 +34,8 @@ from ..train.checkpoint import LoadedRun
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.layers import default_layers, traced_deconvnet
 from ..visualize.occlusion_figure import draw_occlusion
+from ..visualize.receptive_field import crop_windows, receptive_fields
+from ..visualize.topk import project_top_activations, top_activations
 from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_SIDE, ModelSource, option, write_config
 from .base import Result as _Result
 
@@ -79,6 +81,11 @@ class Config(ModelSource):
                                        "annotations.json)")
     batch_size: int = option(64, low=1, high=MAX_BATCH, help="occluder positions per batch")
     seed: int = option(0, low=0, high=MAX_SEED, help="seed of the choice of images")
+    others: int = option(3, low=0, high=16, help="panel (c) also shows the strongest map's projections on this "
+                         "many other images, its top activations among --search-images (0: none)")
+    search_images: int = option(200, low=1, high=MAX_COUNT, metavar="N",
+                                help="images searched for panel (c)'s other images: with --data a seeded subset "
+                                "of N images of --split, with --image the other given images")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -273,6 +280,54 @@ def pointing_game(loaded: LoadedRun, data: str | Path, *, split: str = "val", wi
             "stride": stride, "split": split, "mode": mode}
 
 
+def _other_images(loaded: LoadedRun, deconv: Deconvnet, layer: str, results: list[OcclusionResult],
+                  paths: list[Path], inputs: list[tuple[torch.Tensor, torch.Tensor]], config: Config,
+                  show_progress: bool) -> list[dict[str, Any] | None]:
+    """Panel (c)'s other images (the paper's Fig. 7 c): per shown image, the top activations of its strongest
+    map among the searched images other than itself, projected and cut to the activation's receptive field.
+
+    Returns per shown image ``{"paths", "values", "projections": (k, 3, h, w)}`` (None: no other image).
+    """
+    if config.data is not None:
+        dataset = open_dataset(config.data, config.split, loaded.base_size, classes=loaded.classes)
+        g = torch.Generator().manual_seed(config.seed + 1)
+        order = torch.randperm(len(dataset), generator=g)[:config.search_images].tolist()
+        pool_paths, pool = [], []
+        for i in sorted(order):
+            path = dataset.samples[i][0]
+            try:
+                pool.append(_input(loaded, path)[0])
+            except ImageError as err:
+                dataset.note_bad([(dataset.display_path(path), err.reason)])
+                continue
+            pool_paths.append(path)
+    else:
+        pool_paths, pool = list(paths), [x for x, _ in inputs]
+    if len(pool) < 2:
+        return [None] * len(results)
+    images = torch.stack(pool)
+    k = config.others + 1  # one more: an image may be its own strongest
+    batches = [images[i:i + 64] for i in range(0, len(images), 64)]
+    top = top_activations(deconv.model, progress(batches, desc="panel (c) search", unit="batch",
+                                                 enabled=show_progress), layer, k=k)[layer]
+    field = receptive_fields(deconv, (loaded.input_size, loaded.input_size), in_channels=3)[layer]
+    resolved = [p.resolve() for p in pool_paths]
+    out: list[dict[str, Any] | None] = []
+    for path, result in zip(paths, results):
+        c = result.channel
+        keep = [j for j in range(k) if int(top.image_index[c, j]) >= 0
+                and resolved[int(top.image_index[c, j])] != path.resolve()][:config.others]
+        if not keep:
+            out.append(None)
+            continue
+        projected = project_top_activations(deconv, top, images, channels=[c]).projections[0, keep]
+        windows = field.windows(top.position[c, keep].clamp(min=0))
+        out.append({"paths": [pool_paths[int(top.image_index[c, j])] for j in keep],
+                    "values": [float(top.values[c, j]) for j in keep],
+                    "projections": crop_windows(projected, windows)})
+    return out
+
+
 def _distance(point: tuple[int, int], box: Sequence[int]) -> float:
     """Euclidean distance in pixels from ``point`` (row, column) to the box's pixels (0 inside)."""
     r, c = point
@@ -361,23 +416,31 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
             raise ZFNetError(f"no readable image in {Path(data) / split}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    results, labels = [], []
     bar = progress(total=len(paths), desc="occlusion", unit="img", enabled=show_progress)
     with bar:
-        for n, (path, (x, shown)) in enumerate(zip(paths, inputs)):
+        for path, (x, _) in zip(paths, inputs):
             cls, label = _target(loaded, path, target, x)
-            result = occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap,
-                               tol=tol, batch_size=batch_size)
-            box = boxes.of(path)
-            figure = f"occlusion-{n:03d}.png"
-            name = _display(path, data)
-            draw_occlusion(shown, result, out / figure, class_names=loaded.class_names, box=box,
-                           title=f"{name}: occluder {window} px, step {stride}",
-                           predicted=label is None and target is None)
-            records.append(_record(result, name, loaded, label, box, figure))
-            chosen = "target" if target is not None else "label" if label is not None else "prediction"
-            records[-1]["class_from"] = chosen
+            results.append(occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap, tol=tol,
+                                     batch_size=batch_size))
+            labels.append(label)
             bar.update(1)
+    others = _other_images(loaded, deconv, layer, results, paths, inputs, config, show_progress) \
+        if config.others else [None] * len(paths)
+    records = []
+    for n, (path, (_, shown), result, label, other) in enumerate(zip(paths, inputs, results, labels, others)):
+        box = boxes.of(path)
+        figure = f"occlusion-{n:03d}.png"
+        name = _display(path, data)
+        draw_occlusion(shown, result, out / figure, class_names=loaded.class_names, box=box,
+                       title=f"{name}: occluder {window} px, step {stride}",
+                       predicted=label is None and target is None,
+                       others=other["projections"] if other else None)
+        records.append(_record(result, name, loaded, label, box, figure))
+        chosen = "target" if target is not None else "label" if label is not None else "prediction"
+        records[-1]["class_from"] = chosen
+        records[-1]["others"] = [{"image": _display(p, data), "value": round(v, 6)}
+                                 for p, v in zip(other["paths"], other["values"])] if other else []
     game = None
     if pointing and data is not None:
         game = pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=pointing,

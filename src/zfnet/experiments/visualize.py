@@ -48,7 +48,7 @@ from ..visualize.figures import (
     tile,
 )
 from ..visualize.layers import PAPER_LAYERS, default_layers, traced_deconvnet
-from ..visualize.receptive_field import receptive_fields
+from ..visualize.receptive_field import crop_windows, receptive_fields
 from ..visualize.topk import TopK, project_top_activations, top_activations
 from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, ModelSource, option, write_config
 from .base import Result as _Result
@@ -203,18 +203,6 @@ class _Images:
         return torch.stack([got[i] for i in want])
 
 
-def _cut(images: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-    """Per item, the window ``(y0, x0, y1, x1)`` of ``images[n]``, zero outside the image. (N, C, h, w)."""
-    n, c, height, width = images.shape
-    h, w = (int(windows[0, 2] - windows[0, 0]), int(windows[0, 3] - windows[0, 1])) if n else (0, 0)
-    out = images.new_zeros((n, c, h, w))
-    for i, (y0, x0, y1, x1) in enumerate(windows.tolist()):
-        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
-        if sy1 > sy0 and sx1 > sx0:
-            out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = images[i, :, sy0:sy1, sx0:sx1]
-    return out
-
-
 def _shown_maps(n_maps: int, maps: int | Sequence[int] | None, seed: int, layer: str) -> list[int]:
     if maps is None:
         return list(range(n_maps))
@@ -282,9 +270,9 @@ def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs
         patches = torch.zeros(out.patches.shape, dtype=torch.uint8)
         valid = index >= 0
         if bool(valid.any()):
-            projections[valid] = _cut(out.projections[valid], windows[valid])
+            projections[valid] = crop_windows(out.projections[valid], windows[valid])
             pixels = center_crop(images.pixels(index[valid].tolist()), images.size)
-            patches[valid] = _cut(pixels, windows[valid])
+            patches[valid] = crop_windows(pixels, windows[valid])
         all_proj.append(projections)
         all_patches.append(patches)
     return torch.cat(all_proj), torch.cat(all_patches)
@@ -413,7 +401,7 @@ def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dic
             # Cut to the receptive field of the strongest activation, as the paper's Fig. 4 shows it.
             rf = receptive_fields(deconv, tuple(x.shape[-2:]), in_channels=x.shape[1])[layer]
             windows = rf.windows(top[layer].position[maps[layer], 0].clamp(min=0))
-            per_layer[layer].append(_cut(proj[:, 0], windows))  # (M, 3, h, w)
+            per_layer[layer].append(crop_windows(proj[:, 0], windows))  # (M, 3, h, w)
     figures: dict[str, str] = {}
     strips: dict[str, dict[int, str]] = {}
     for layer in layers:
@@ -484,7 +472,7 @@ def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | Loa
         proj = project_top_activations(deconv, top, inputs.__getitem__, channels=chosen).projections[:, 0]
         # Cut each projection to its activation's receptive field, as Fig. 2 and Fig. 6 show them.
         rf = receptive_fields(deconv, (images.size, images.size), in_channels=3)[layer2]
-        proj = _cut(proj, rf.windows(top.position[chosen, 0].clamp(min=0)))  # (M, 3, h, w)
+        proj = crop_windows(proj, rf.windows(top.position[chosen, 0].clamp(min=0)))  # (M, 3, h, w)
         conv1 = _first_conv(model)
         w, stride = conv1.weight, tuple(conv1.stride)
         dead, alias = dead_filter_fraction(w), aliasing(w, stride)

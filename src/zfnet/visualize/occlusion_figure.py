@@ -12,7 +12,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
 
 from ..results import new_figure, save_figure
-from .figures import normalize_projection
+from .figures import normalize_projection, tile
 
 __all__ = ["draw_occlusion"]
 
@@ -32,7 +32,7 @@ def _box(ax, box: Sequence[int] | None, colour: str = "lime") -> None:
 
 def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names: Sequence[str],
                    box: Sequence[int] | None = None, title: str | None = None, predicted: bool = False,
-                   dpi: int = 100) -> Path:
+                   others: torch.Tensor | None = None, dpi: int = 100) -> Path:
     """Draw the paper's Fig. 7 row for one image and save it as a PNG.
 
     Panels: (a) the input with the object's true box (green) and the occluder that lowers the true
@@ -48,14 +48,25 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
         box: the object's box ``(x0, y0, x1, y1)`` in input pixels, if known.
         title: a line above the panels.
         predicted: the mapped class is the model's prediction, not a known truth: panel (a) says so.
+        others: (k, 3, h, w) the same map's projections on other images (its top activations there), each
+            cut to the activation's receptive field: drawn beside panel (c), as the paper's Fig. 7 (c).
 
     Returns:
         ``path``.
     """
     rgb = image.detach().float().clamp(0, 255).permute(1, 2, 0).cpu().numpy() / 255.0
     extent = _extent(result.grid, result.window, result.stride)
-    fig = new_figure(15, 3.4)
-    axes = fig.subplots(1, 5)
+    extra = others is not None and len(others) > 0
+    fig = new_figure(18 if extra else 15, 3.4)
+    axes = list(fig.subplots(1, 6 if extra else 5))
+    if extra:
+        ax = axes.pop(3)
+        strip = tile(normalize_projection(others.detach().float().cpu()), ncol=len(others), pad=2)
+        ax.imshow(strip.permute(1, 2, 0).numpy() if strip.shape[0] == 3 else strip[0].numpy(),
+                  cmap=None if strip.shape[0] == 3 else "gray", interpolation="nearest")
+        ax.set_title(f"(c) map {result.channel} on {len(others)} other images", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
     target = class_names[result.target] if result.target < len(class_names) else str(result.target)
 
     ax = axes[0]

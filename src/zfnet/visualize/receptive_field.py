@@ -64,6 +64,29 @@ class ReceptiveField:
         return torch.cat((top_left, top_left + size), dim=1)
 
 
+def crop_windows(images: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Per item, the window ``(y0, x0, y1, x1)`` of ``images[n]`` (as :meth:`ReceptiveField.windows` gives
+    them, all of one size), zero where it leaves the image.
+
+    Shape:
+        images (N, C, H, W), windows (N, 4) -> (N, C, h, w).
+
+    Example:
+        >>> crop_windows(torch.ones(1, 1, 4, 4), torch.tensor([[-1, -1, 2, 2]]))[0, 0]
+        tensor([[0., 0., 0.],
+                [0., 1., 1.],
+                [0., 1., 1.]])
+    """
+    n, c, height, width = images.shape
+    h, w = (int(windows[0, 2] - windows[0, 0]), int(windows[0, 3] - windows[0, 1])) if n else (0, 0)
+    out = images.new_zeros((n, c, h, w))
+    for i, (y0, x0, y1, x1) in enumerate(windows.tolist()):
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+        if sy1 > sy0 and sx1 > sx0:
+            out[i, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = images[i, :, sy0:sy1, sx0:sx1]
+    return out
+
+
 def _deconvnet(model: nn.Module | Deconvnet) -> Deconvnet:
     return model if isinstance(model, Deconvnet) else Deconvnet(model)
 
