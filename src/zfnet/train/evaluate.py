@@ -1,7 +1,8 @@
 """Evaluation: top-1 / top-5 error on the centre crop or the paper's ten crops, and ensembles.
 
 The ten-crop prediction averages the softmax outputs of the ten crops; an ensemble averages the
-(ten-crop or centre-crop) softmax outputs of several models, as the paper's Table 2 does.
+(ten-crop or centre-crop) softmax outputs of several models, as the paper's Table 2 does. Each model's
+outputs are computed once (:func:`predict_runs`) and any group of them averaged (:func:`average`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..models._fast import prepare_for_speed
 from ..progress import progress
 from .checkpoint import LoadedRun, load_run
 
-__all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "evaluate_runs"]
+__all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "Predictions", "average", "predict_runs",
+           "evaluate_runs"]
 
 
 @torch.no_grad()
@@ -116,15 +118,62 @@ class EvalReport:
     bad_files: int
 
 
-def evaluate_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split: str = "val", ten_crop: bool = False,
-                  weights: str = "best", layout: str = "auto", workers: int | None = None,
-                  batch_size: int = 64, device: str | torch.device = "cpu",
-                  show_progress: bool = True) -> EvalReport:
-    """Top-1 and top-5 error of each run, and of the average of their softmax outputs.
+@dataclass
+class Predictions:
+    """One model's softmax outputs over a split, kept so that ensembles combine them without a second pass.
 
-    Runs may differ in architecture and input size (the paper's "(a) & (b) combined"); they must
-    share the class list. A run is a run directory (its ``weights`` loaded) or a loaded run, such as
-    a model zfnet did not train (:func:`zfnet.train.external.load_external`).
+    Attributes:
+        name: the run (its directory, or the model's spec).
+        probs: (N, C) softmax outputs, float32 on the CPU (ten-crop: averaged over the crops).
+        labels: (N,) the images' labels.
+        indices: (N,) the images' positions in the split (unreadable ones are absent).
+    """
+
+    name: str
+    probs: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def errors(self) -> EvalResult:
+        """Top-1 and top-5 error of these outputs."""
+        errs = topk_errors(self.probs, self.labels)
+        return EvalResult(self.name, errs[1], errs[5], len(self.labels))
+
+    def wrong(self) -> torch.Tensor:
+        """(N,) bool: the images whose top-1 class is not their label."""
+        return self.probs.argmax(1) != self.labels
+
+
+def average(members: list[Predictions], name: str | None = None) -> Predictions:
+    """The ensemble of several models' outputs: their softmax averaged on the images every one of them read.
+
+    Example:
+        >>> a = Predictions("a", torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+        >>> b = Predictions("b", torch.tensor([[0.3, 0.7]]), torch.tensor([1]), torch.tensor([1]))
+        >>> average([a, b]).probs
+        tensor([[0.2500, 0.7500]])
+    """
+    if not members:
+        raise ValueError("no model outputs to average")
+    positions = [{int(i): n for n, i in enumerate(m.indices.tolist())} for m in members]
+    keep = sorted(set(positions[0]).intersection(*positions[1:]))
+    stacked = torch.stack([m.probs[[pos[i] for i in keep]] for m, pos in zip(members, positions)])
+    labels = members[0].labels[[positions[0][i] for i in keep]]
+    return Predictions(name or f"ensemble of {len(members)}", stacked.mean(0), labels,
+                       torch.tensor(keep, dtype=torch.long))
+
+
+def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split: str = "val",
+                 ten_crop: bool = False, weights: str = "best", layout: str = "auto", workers: int | None = None,
+                 batch_size: int = 64, device: str | torch.device = "cpu",
+                 show_progress: bool = True) -> tuple[list[Predictions], int]:
+    """Each run's softmax outputs over a split, one pass per run.
+
+    Runs may differ in architecture and input size; they must share the class list. A run is a run
+    directory (its ``weights`` loaded) or a loaded run.
+
+    Returns:
+        ``(one Predictions per run, in order; files of the split skipped as unreadable)``.
 
     Raises:
         ZFNetError: unknown runs, mismatched class lists, no readable images.
@@ -138,9 +187,7 @@ def evaluate_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split
         if run.classes != classes:
             raise ZFNetError(f"{run.root} was trained on other classes than {loaded[0].root}; "
                              "an ensemble needs the same class list")
-    members, all_probs = [], []
-    common: set[int] | None = None
-    per_run: list[dict[int, int]] = []
+    out: list[Predictions] = []
     bad = 0
     streams: dict[int, ImageStream] = {}
     for run in loaded:
@@ -155,18 +202,25 @@ def evaluate_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split
                                      desc=f"evaluating {run.root.name}")
         if len(labels) == 0:
             raise ZFNetError(f"no readable images in {Path(data) / split}")
-        errs = topk_errors(probs, labels)
-        members.append(EvalResult(str(run.root), errs[1], errs[5], len(labels)))
-        all_probs.append((probs, labels, idx))
-        position = {int(i): n for n, i in enumerate(idx.tolist())}
-        per_run.append(position)
-        common = set(position) if common is None else common & set(position)
+        out.append(Predictions(str(run.root), probs, labels, idx))
         bad = max(bad, len(stream.bad_files))
-    ensemble = None
-    if len(loaded) > 1:
-        keep = sorted(common or ())
-        stacked = torch.stack([p[[pos[i] for i in keep]] for (p, _, _), pos in zip(all_probs, per_run)])
-        labels = all_probs[0][1][[per_run[0][i] for i in keep]]
-        errs = topk_errors(stacked.mean(0), labels)
-        ensemble = EvalResult(f"ensemble of {len(loaded)}", errs[1], errs[5], len(keep))
-    return EvalReport(members, ensemble, ten_crop, bad)
+    return out, bad
+
+
+def evaluate_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split: str = "val", ten_crop: bool = False,
+                  weights: str = "best", layout: str = "auto", workers: int | None = None,
+                  batch_size: int = 64, device: str | torch.device = "cpu",
+                  show_progress: bool = True) -> EvalReport:
+    """Top-1 and top-5 error of each run, and of the average of their softmax outputs.
+
+    Runs may differ in architecture and input size (the paper's "(a) & (b) combined"); they must
+    share the class list. A run is a run directory (its ``weights`` loaded) or a loaded run, such as
+    a model zfnet did not train (:func:`zfnet.train.external.load_external`).
+
+    Raises:
+        ZFNetError: unknown runs, mismatched class lists, no readable images.
+    """
+    members, bad = predict_runs(runs, data, split=split, ten_crop=ten_crop, weights=weights, layout=layout,
+                                workers=workers, batch_size=batch_size, device=device, show_progress=show_progress)
+    ensemble = average(members).errors() if len(members) > 1 else None
+    return EvalReport([m.errors() for m in members], ensemble, ten_crop, bad)

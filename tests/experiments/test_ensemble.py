@@ -1,4 +1,5 @@
-"""Ensembles (Table 2): known answers from hand-set networks whose output ignores the image."""
+"""Ensembles (Table 2): known answers from hand-set networks whose output ignores the image; each run
+evaluated once; the finding tested image by image; the Config and the CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import math
 import pytest
 import torch
 
-from zfnet.analysis.ensemble import ensemble_study, run_architecture
 from zfnet.cli import main
 from zfnet.errors import ZFNetError
+from zfnet.experiments.ensemble import Config, run, run_architecture
 from zfnet.models import build
 from zfnet.train.checkpoint import save_mean, save_weights
 
@@ -73,16 +74,39 @@ def runs(tmp_path):
     }
 
 
+def ensemble_study(runs, data, out=None, **options):
+    """The ensemble experiment on CPU without progress bars, as the command line runs it."""
+    config = Config(runs=tuple(str(r) for r in runs), data=str(data), device="cpu", workers=0, **options)
+    return run(config, out, show_progress=False)
+
+
 def expected_ensemble_label(names: list[str], logits: dict[str, list[float]]) -> int:
     probs = [softmax(logits[n]) for n in names]
     mean = [sum(p[k] for p in probs) / len(probs) for k in range(3)]
     return max(range(3), key=mean.__getitem__)
 
 
+def test_each_run_is_evaluated_once(data, runs, monkeypatch):
+    # Two zfnet-tiny runs and one alexnet-tiny: three rows alone, the pair's ensemble and all three's, all
+    # from three passes over the images.
+    from zfnet.train import evaluate
+
+    passes = []
+    real = evaluate.predict
+
+    def counted(*args, **kwargs):
+        passes.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict", counted)
+    result = ensemble_study([runs["a"], runs["a2"], runs["b"]], data)
+    assert len(result.rows) == 5
+    assert sorted(passes) == ["evaluating a", "evaluating a2", "evaluating b"]
+
+
 def test_members_and_mixed_ensemble_have_known_errors(data, runs, tmp_path):
     names = ["a", "b", "c"]
-    result = ensemble_study([runs[n] for n in names], data, tmp_path / "out", device="cpu", workers=0,
-                            show_progress=False)
+    result = ensemble_study([runs[n] for n in names], data, tmp_path / "out")
     singles = result.rows[:3]
     for row, n in zip(singles, names):
         label = max(range(3), key=LOGITS[n].__getitem__)
@@ -101,8 +125,7 @@ def test_members_and_mixed_ensemble_have_known_errors(data, runs, tmp_path):
 def test_each_architecture_gets_its_own_ensemble(data, runs, tmp_path):
     # Two zfnet-tiny runs and one alexnet-tiny: the paper's "(a)" (the zfnet-tiny pair) and "(a) & (b)".
     logits = {**LOGITS, "a2": [0.0, 4.0, 3.0]}
-    result = ensemble_study([runs["a"], runs["a2"], runs["b"]], data, None, device="cpu", workers=0,
-                            show_progress=False)
+    result = ensemble_study([runs["a"], runs["a2"], runs["b"]], data, None)
     assert [len(r.members) for r in result.rows] == [1, 1, 1, 2, 3]
     pair, everything = result.rows[3], result.rows[4]
     assert pair.architecture == "zfnet-tiny" and pair.name.startswith("2 × zfnet-tiny")
@@ -114,19 +137,23 @@ def test_each_architecture_gets_its_own_ensemble(data, runs, tmp_path):
 
 def test_files_and_report_block(data, runs, tmp_path):
     out = tmp_path / "out"
-    result = ensemble_study([runs["a"], runs["b"]], data, out, device="cpu", workers=0, show_progress=False)
+    result = ensemble_study([runs["a"], runs["b"]], data, out)
     saved = json.loads((out / "ensemble.json").read_text())
     assert saved["kind"] == "ensemble"
     report = saved["report"]
-    assert set(report) == {"title", "summary", "figures", "tables"}
-    assert report["summary"].count(". ") >= 1 and report["figures"] == []
+    assert set(report) <= {"title", "summary", "figures", "tables"}
+    assert report["summary"].count(". ") >= 1 and report.get("figures", []) == []
     measured, paper = report["tables"]
     assert len(measured["rows"]) == 3 and all(len(r) == len(measured["columns"]) for r in measured["rows"])
     assert ["6 convnets, (a) & (b) combined", 36.0, 14.7, 14.8] in paper["rows"]
-    rows = list(csv.DictReader(io.StringIO((out / "ensemble.csv").read_text())))
+    measured_csv = (out / "ensemble.csv").read_text().split("\n\n")[0].split("\n", 1)[1]  # below its caption
+    rows = list(csv.DictReader(io.StringIO(measured_csv)))
     assert [float(r["top-1 err %"]) for r in rows] == pytest.approx([100 * r.top1_error for r in result.rows],
                                                                    abs=0.01)
     assert "| 1 ZFNet (Fig. 3) | 38.4 | 16.5 | — |" in (out / "ensemble.md").read_text()
+    written = json.loads((out / "ensemble.config.json").read_text())
+    assert written["experiment"] == "ensemble" and written["config"]["runs"] == [str(runs["a"]), str(runs["b"])]
+    assert result.files["config"] == out / "ensemble.config.json"
 
 
 def test_run_architecture_names_model_and_options(tmp_path):
@@ -150,7 +177,7 @@ def test_cli_prints_the_table_and_writes_files(data, runs, tmp_path, capsys):
                    "--device", "cpu", "--workers", "0", "--quiet"])
     printed = capsys.readouterr().out
     assert status == 0
-    assert "combined" in printed and str(out / "ensemble.json") in printed
+    assert "combined" in printed and f"results in {out}" in printed
     assert json.loads((out / "ensemble.json").read_text())["kind"] == "ensemble"
 
 
@@ -160,3 +187,72 @@ def test_cli_bad_input_is_one_line_and_status_2(data, runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and "nope" in err
+
+
+def test_the_finding_is_tested_image_by_image(data, runs, tmp_path):
+    # a alone answers class 2 (disc: right on 3 of 10 images); the ensemble of a, b and c answers class 0 (bar:
+    # right on 2). They differ on 5 images, 3 against the ensemble: no evidence either way.
+    result = ensemble_study([runs["a"], runs["b"], runs["c"]], data)
+    finding = result["finding"]
+    assert finding["verdict"].startswith("no evidence either way") and finding["images_differing"] == 5
+    assert finding["difference"] == pytest.approx(10.0)  # points: 80% against 70% top-1 error
+    assert result["report"]["summary"].endswith(f"Image by image: {finding['verdict']}.")
+    single = ensemble_study([runs["a"]], data)
+    assert single["finding"] is None and single.ensemble is None
+    assert single["report"]["summary"].endswith("An ensemble needs at least two runs.")
+
+
+def test_compare_errors_counts_only_the_images_answered_differently():
+    from zfnet.experiments.ensemble import compare_errors
+    from zfnet.train.evaluate import Predictions
+
+    def outputs(wrong: list[bool], order=None) -> Predictions:
+        n = len(wrong)
+        probs = torch.tensor([[0.9, 0.1] if w else [0.1, 0.9] for w in wrong])
+        index = torch.arange(n) if order is None else torch.tensor(order)
+        return Predictions("r", probs, torch.ones(n, dtype=torch.long), index)
+
+    ensemble = outputs([True] + [False] * 9)
+    best = outputs([True] * 7 + [False] * 3)
+    c = compare_errors(ensemble, best)
+    assert c.difference == pytest.approx(-60.0) and c.sizes == (6,)  # 10% against 70%, 6 images differ
+    assert c.p_value == pytest.approx(1 / 64) and c.verdict().endswith("holds")  # all 6 the ensemble's way
+    # The same images in another order, less one the other model could not read: aligned by index (aligned
+    # by position, 7 would differ).
+    shuffled = outputs([False] * 3 + [True] * 6, order=[9 - i for i in range(9)])  # best's, reversed, less image 0
+    assert compare_errors(ensemble, shuffled).sizes == (6,)
+    assert compare_errors(best, best) is None
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"weights": "worst"}, "weights"), ({"layout": "caltech101"}, "layout"), ({"batch_size": 0}, "batch_size"),
+    ({"workers": 1000}, "workers"), ({"device": "tpu"}, "device"),
+])
+def test_bad_options_name_their_field(options, field):
+    with pytest.raises(ZFNetError, match=field):
+        Config(runs=("r",), data="d", **options)
+
+
+def test_config_needs_runs_and_data():
+    with pytest.raises(ZFNetError, match="runs, data missing"):
+        Config.from_mapping({})
+    assert Config(runs=("r",), data="d", weights="epoch-12").weights == "epoch-12"
+
+
+def test_cli_config_file_and_default_out(data, runs, tmp_path, capsys, monkeypatch):
+    options = tmp_path / "ensemble.toml"
+    options.write_text(f'data = "{data}"\ndevice = "cpu"\nworkers = 0\nten-crop = true\n')
+    monkeypatch.chdir(tmp_path)
+    status = main(["experiment", "ensemble", str(runs["a"]), str(runs["b"]), "--config", str(options), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "zfnet-ensemble" / "ensemble.json").read_text())  # --out's default
+    assert saved["ten_crop"] is True and len(saved["results"]) == 3
+    written = json.loads((tmp_path / "zfnet-ensemble" / "ensemble.config.json").read_text())["config"]
+    assert written["runs"] == [str(runs["a"]), str(runs["b"])] and written["data"] == str(data)
+
+
+def test_cli_bad_flag_value_names_the_flag(data, runs, tmp_path, capsys):
+    from helpers.cli import one_line_error
+
+    one_line_error(capsys, ["experiment", "ensemble", str(runs["a"]), "--data", str(data), "--out",
+                            str(tmp_path / "o"), "--batch-size", "0"], "--batch-size")
