@@ -389,3 +389,38 @@ def test_same_padding_with_an_even_kernel_and_unused_trailing_rows():
         for keep in ("max", "map"):
             want = deconv_rule_reference(model, x, layer, torch.tensor([1, 3]), keep)
             assert_close_relative(deconv.project(x, layer, torch.tensor([1, 3]), keep), want, 1e-10)
+
+
+def test_off_the_map_garbage_is_cleared_where_it_is_read():
+    # Inside a receptive field a windowed op's output holds garbage off the map (a bias, its ReLU). The cone
+    # leaves it there when the only reader pads what it reads (a max-pool) or passes it on to such a reader
+    # (a ReLU or contrast normalisation before a pool), and clears it before any other reader.
+    model = nn.Sequential(OrderedDict(
+        c1=nn.Conv2d(3, 4, 5, stride=2, padding=2), p1=nn.MaxPool2d(3, 2, padding=1),
+        c2=nn.Conv2d(4, 6, 3, padding=2), r2=nn.ReLU(), c3=nn.Conv2d(6, 6, 3, padding=1), r3=nn.ReLU(),
+        n3=nn.LocalResponseNorm(3), p3=nn.MaxPool2d(3, 2, ceil_mode=True), c4=nn.Conv2d(6, 5, 3, padding=1),
+        r4=nn.ReLU(),
+    )).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.uniform_(-1.0, 1.0)
+    deconv = Deconvnet(model)
+    deconv._strategy = "cone"
+    x = torch.randn(2, 3, 29, 29, dtype=torch.float64)
+    for layer in ("c4", "r4", "c2", "r2"):
+        shape = deconv.output_shape(layer, x.shape[1:])
+        image_index = torch.tensor([0, 1, 0, 1])
+        positions = torch.tensor([[0, 0], [shape[1] - 1, shape[2] - 1], [0, shape[2] - 1], [shape[1] // 2, 1]])
+        channels = torch.tensor([0, 1, 2, 3])
+        got = deconv.project(x, layer, channels, "max", positions=positions, image_index=image_index)
+        want = deconv_rule_reference(model, x[image_index], layer, channels, "max", positions)
+        assert_close_relative(got, want, 1e-10)
+    from zfnet.visualize.deconvnet import _Engine
+
+    graph = deconv.graph
+    engine = _Engine(graph, graph.layout(x.shape[1:]), graph.index_of("r4"), 2**20, x)
+    deferred = {graph.nodes[i].name for i in engine.deferred}
+    # c1, c3 -> r3 -> n3 end at a pool; c2 and c4 leave the clearing to their ReLU, which r2 does before c3
+    # reads it and r4, the target, does too; the pools' outputs feed convolutions
+    assert deferred == {"c1", "c2", "c3", "r3", "n3", "c4"}

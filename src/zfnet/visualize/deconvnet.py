@@ -273,6 +273,23 @@ class _Engine:
         self.kept = self._backward_needs()[0]
         carrying = [i for i in self.forward_nodes if graph.nodes[i].kind in ("op", "input")]
         self.cone_possible = all(layout.local[i] for i in carrying) and layout.axes[target] == (2, 3)
+        self.deferred = {i for i in self.forward_nodes if self._may_defer(i)}
+
+    def _may_defer(self, i: int) -> bool:
+        """Whether node ``i``'s windowed value may keep garbage off the map, its clearing left to its reader:
+        its one reader pads what it reads itself (a max-pool), or is a point-wise op that keeps zeros and
+        passes the garbage on (a ReLU), and nothing else, the backward included, reads the value."""
+        graph = self.graph
+        if graph.nodes[i].kind != "op" or i in self.kept or i == self.target:
+            return False
+        readers = {c for c in graph.nodes[i].consumers if c in self.forward_set}
+        if len(readers) != 1:
+            return False
+        c = readers.pop()
+        op = graph.nodes[c].op
+        if graph.nodes[c].kind != "op" or op is None:
+            return False
+        return op.pad_value != 0.0 or (op.keeps_zero and not op.needs_inputs and self.layout.geometry[c] == POINTWISE)
 
     # -- windows ---------------------------------------------------------------------------------
 
@@ -350,6 +367,7 @@ class _Engine:
         values: dict[int, Any] = {0: _channels_last(crop(self.x, rows, wins[0], 0.0))}
         ctxs: dict[int, Any] = {}
         inputs: dict[int, list[Any]] = {}
+        dirty: set[int] = set()  # nodes whose values hold garbage off the map (see _may_defer)
         for i in self.forward_nodes[1:]:
             node = graph.nodes[i]
             if node.kind != "op":
@@ -366,7 +384,12 @@ class _Engine:
             if node.op.needs_inputs:
                 inputs[i] = [cut[r] for r in node.inputs]
             win = wins[i]
-            if node.op.keeps_zero:  # its inputs hold zeros off the map, and so does its output
+            if node.op.keeps_zero and not any(r in dirty for r in node.inputs):
+                continue  # its inputs hold zeros off the map, and so does its output
+            if win.inside:
+                continue
+            if isinstance(values[i], torch.Tensor) and i in self.deferred:
+                dirty.add(i)  # its reader pads it, or passes the garbage on to a reader that does
                 continue
             if isinstance(values[i], torch.Tensor):
                 win.fill_outside_(values[i], 0.0, layout.axes[i])
