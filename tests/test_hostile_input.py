@@ -23,12 +23,12 @@ from helpers.cli import one_line_error
 from helpers.runs import CLASSES, weights, write_run
 
 from zfnet._validate import field_limits
-from zfnet.analysis.transfer import ScratchRecipe
 from zfnet.cli import build_parser, main
 from zfnet.errors import ZFNetError
 from zfnet.models import ConvNetConfig
 from zfnet.train import TrainConfig
 from zfnet.train.checkpoint import WeightsMetadata
+from zfnet.train.scratch import ScratchRecipe
 
 BIG = 10**30  # beyond every upper bound
 NAN, INF = float("nan"), float("inf")

@@ -1,8 +1,7 @@
-"""Per-layer features (exactness against hooks and explicit pooling, the cache) and the layer-wise probes."""
+"""Per-layer features: exactness against hooks and explicit pooling, the cache, unreadable images, other models."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -12,10 +11,7 @@ from torch import nn
 
 from zfnet.analysis import features as features_module
 from zfnet.analysis.features import FEATURE_LAYERS, extract_features
-from zfnet.analysis.probes import depth_trend, probe_layers, run_probes
-from zfnet.cli import main
 from zfnet.data import ImageStream, open_dataset
-from zfnet.data.caltech import sample_splits
 from zfnet.data.transforms import Normalization
 from zfnet.models import build
 
@@ -159,78 +155,3 @@ def test_features_of_a_model_that_is_not_sequential_come_from_hooks(stream):
     for a, b in (("conv2", "net.conv2"), ("fc6", "net.fc6")):
         assert torch.allclose(direct.layers[a], hooked.layers[b], rtol=1e-5, atol=1e-5)
     assert all(m._forward_hooks == {} for m in wrapped.modules())  # hooks removed after the pass
-
-
-def test_depth_trend():
-    assert depth_trend([0.1, 0.2, 0.3]) == pytest.approx(1.0)
-    assert depth_trend([0.3, 0.2, 0.1]) == pytest.approx(-1.0)
-    assert depth_trend([0.2, 0.4, 0.3, 0.6]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
-    assert depth_trend([0.5, 0.5, 0.5]) == 0.0
-
-
-def test_probe_layers_on_planted_features():
-    # Layer "a" marks class c by +6 on coordinate c (6 std of the noise); layer "b" is noise alone.
-    # Known answers: both classifiers near 1 on "a", near chance on "b".
-    gen = torch.Generator().manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(30)
-    signal = torch.randn(120, 8, generator=gen)
-    signal[torch.arange(120), labels] += 6.0
-    noise = torch.randn(120, 8, generator=gen)
-    from zfnet.analysis.features import FeatureSet
-
-    fs = FeatureSet({"a": signal, "b": noise}, torch.arange(120), labels, grid=4, pool="avg")
-    splits = sample_splits(labels.numpy(), 10, 3, seed=0)
-    acc = probe_layers(fs, splits, show_progress=False)
-    for kind in ("svm", "softmax"):
-        assert min(acc[kind]["a"]) >= 0.95
-        # 80 test images of 4 classes: chance 0.25, std of an accuracy ~0.05; 0.45 is 4 std above.
-        assert max(acc[kind]["b"]) <= 0.45
-    with pytest.raises(ValueError, match="unknown probe classifier"):
-        probe_layers(fs, splits, classifiers=("knn",), show_progress=False)
-
-
-@pytest.mark.slow
-def test_miniature_probes_rise_with_depth(pretrained_run, secondary_data, tmp_path):
-    result = run_probes(pretrained_run, secondary_data, tmp_path / "out", per_class=30, splits=3,
-                        show_progress=False).json
-    for kind in ("svm", "softmax"):
-        acc = {n: result["results"][kind][n]["mean"] for n in result["layers"]}
-        # Overall rise. Measured (docs/transfer.md): rank correlation with depth 1.0 (SVM) and 0.89
-        # (softmax); conv1 0.53 / 0.58, best of conv5-fc7 0.78 / 0.79. Margins about half of those.
-        assert result["depth_trend"][kind] >= 0.5, acc
-        assert max(acc["conv5"], acc["fc6"], acc["fc7"]) >= acc["conv1"] + 0.12, acc
-    files = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"probes.json", "probes.md", "probes.csv", "probes.png", "features", "probes.partial.json"} <= files
-    report = json.loads((tmp_path / "out" / "probes.json").read_text())["report"]
-    assert report["figures"][0]["path"] == "probes.png" and len(report["tables"][0]["rows"]) == 14
-
-
-def test_cli_probes(quick_run, secondary_data, tmp_path, capsys):
-    out = tmp_path / "cli"
-    status = main(["experiment", "probes", str(quick_run), "--data", str(secondary_data), "--out", str(out),
-                   "--per-class", "10", "--splits", "2", "--layers", "conv2,fc7", "--classifiers", "softmax",
-                   "--workers", "0", "--device", "cpu", "--quiet"])
-    assert status == 0
-    result = json.loads((out / "probes.json").read_text())
-    assert result["kind"] == "probes" and result["layers"] == ["conv2", "fc7"]
-    assert len(result["results"]["softmax"]["fc7"]["per_split"]) == 2
-    assert str(out) in capsys.readouterr().out
-    assert main(["experiment", "probes", str(quick_run), "--data", str(secondary_data), "--out", str(out),
-                 "--layers", "conv9", "--quiet", "--workers", "0"]) == 2
-    assert main(["experiment", "probes", str(quick_run), "--data", str(secondary_data), "--out", str(out),
-                 "--per-class", "60", "--quiet", "--workers", "0"]) == 2  # 50 images per class: too few
-    assert "has 50 images" in capsys.readouterr().err
-
-
-def test_probe_fits_are_resumed(quick_run, secondary_data, tmp_path, monkeypatch):
-    kwargs = dict(per_class=10, splits=2, layers=("conv1", "fc6"), show_progress=False)
-    first = run_probes(quick_run, secondary_data, tmp_path, **kwargs).json
-    import zfnet.analysis.probes as probes_module
-
-    def refuse(*args, **kw):
-        raise AssertionError("a finished fit was redone")
-
-    monkeypatch.setattr(probes_module, "fit_and_score", refuse)
-    again = run_probes(quick_run, secondary_data, tmp_path, **kwargs).json
-    assert again["results"] == first["results"]
-
