@@ -183,3 +183,22 @@ def test_every_command_that_writes_a_folder_is_refused_while_another_process_wri
             argv = [a.format(data=tiny_tree, out=out, run=tmp_path / "run") for a in argv]
             one_line_error(capsys, argv, str(out), "in use", f"PID {pid}")
             assert sorted(p.name for p in out.iterdir()) == [".zfnet.lock"], argv  # the holder's alone
+
+
+def test_flags_are_never_abbreviated(capsys):
+    one_line_error(capsys, ["train", "--out", "x", "--epoch", "3"], "unrecognized arguments: --epoch 3",
+                   "zfnet train --help")
+
+
+def test_an_unknown_flag_points_to_its_commands_help(capsys):
+    one_line_error(capsys, ["data", "synth", "x", "--bogus"], "zfnet data synth: error", "zfnet data synth --help")
+    one_line_error(capsys, ["occlusion", "--out", "x", "--windw", "3"], "zfnet occlusion --help")
+
+
+def test_only_rank_zero_prints_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["models"]) == 0
+    assert "zfnet-tiny" in capsys.readouterr().out

@@ -12,7 +12,9 @@ in :func:`main`.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,21 @@ log = logging.getLogger("zfnet")
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``zfnet train: error: ... (see --help)``."""
+    """An ArgumentParser whose errors are one line: ``zfnet train: error: ... (see --help)``.
+
+    Flags are never abbreviated (``--epoch`` is not ``--epochs``), and a command's unknown flag is reported
+    by that command's parser, whose help lists the valid ones.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a command's own parser: the unknown flag is its error
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -207,9 +223,9 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-_GENERATED_COMMANDS = ("occlusion",)
+_GENERATED_COMMANDS = ("visualize", "occlusion", "correspondence", "invariance")
 """Top-level commands whose flags come from their experiment's ``Config`` (see zfnet.experiments.base)."""
-_GENERATED_STUDIES: tuple[str, ...] = ()
+_GENERATED_STUDIES: tuple[str, ...] = ("ablation", "ensemble", "transfer", "probes", "miniature")
 """``zfnet experiment`` actions whose flags come from their experiment's ``Config``."""
 
 
@@ -237,12 +253,12 @@ def _field_flag(group: Any, f: Any, hint: Any) -> None:
         return
     limit = field_limits(f) or Limits()
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is not tuple and args and len(args) == 1:
-        hint = args[0]
+    if typing.get_origin(hint) is not tuple and args:
+        hint = args[0]  # X | None, or the first of a union (--maps N for maps: int | tuple[int, ...] | None)
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     text = f.metadata.get(HELP, "")
-    if default not in (None, (), "") and "(default:" not in text:
+    if default is not False and default not in (None, (), "") and "(default:" not in text:
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = f"{text} (default: {shown})"
     name = meta.get("flag") or "--" + f.name.replace("_", "-")
@@ -267,7 +283,8 @@ def _field_flag(group: Any, f: Any, hint: Any) -> None:
             kwargs["choices"] = limit.choices
     if meta.get("positional"):
         kwargs.pop("dest")
-        group.add_argument(f.name, nargs="?", **kwargs)
+        kwargs.setdefault("nargs", "?")  # a list field keeps its own ("+")
+        group.add_argument(f.name, **kwargs)
     else:
         group.add_argument(name, **kwargs)
 
@@ -284,8 +301,10 @@ def _experiment_parser(sub: Any, name: str) -> argparse.ArgumentParser:
                        allow_abbrev=False)
     p.set_defaults(experiment_module=name)
     types = hints(module.Config)
-    own = [f for f in fields(module.Config) if f.name not in ModelSource.__dataclass_fields__]
-    source = [f for f in fields(module.Config) if f.name in ModelSource.__dataclass_fields__]
+    # A config that does not read a trained model may still have fields named as ModelSource's (weights, device).
+    shared = ModelSource.__dataclass_fields__ if issubclass(module.Config, ModelSource) else {}
+    own = [f for f in fields(module.Config) if f.name not in shared]
+    source = [f for f in fields(module.Config) if f.name in shared]
     for f in source:
         if f.name == "run":
             _field_flag(p, f, types[f.name])
@@ -294,7 +313,9 @@ def _experiment_parser(sub: Any, name: str) -> argparse.ArgumentParser:
         for f in source:
             if f.name not in ("run", "device"):
                 _field_flag(g if f.name != "weights" else p, f, types[f.name])
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    default_out = getattr(module, "DEFAULT_OUT", None)  # an experiment may name a default folder
+    p.add_argument("--out", type=Path, required=default_out is None,
+                   default=Path(default_out) if default_out else None, help="output folder")
     for f in own:
         _field_flag(p, f, types[f.name])
     for f in source:
@@ -403,211 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_eval.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
 
-    # visualize
-    p_vis = sub.add_parser("visualize", help="deconvnet figures of a run: top-k projections, filters, evolution",
-                           formatter_class=_Formatter,
-                           description="The paper's Fig. 2 (top-k projections beside their image patches, per "
-                           "layer), the layer-1 filters, Fig. 4 (feature evolution over the run's snapshots) and "
-                           "an index.json of every map's top images, positions and values. With --compare, also "
-                           "Fig. 6: this run's and another run's layer-1/2 features with dead-filter and "
-                           "aliasing figures.")
-    _model_flags(p_vis, "run directory")
-    p_vis.add_argument("--data", type=Path, required=True, help="data folder")
-    p_vis.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and index.json")
-    p_vis.add_argument("--layers", type=_csv_names, default=None,
-                       help="layers to visualise, comma-separated (default: conv1,...,conv5; for another "
-                       "--model, its top-level stages that hold convolutions, e.g. conv1,layer1,...,layer4)")
-    p_vis.add_argument("--k", type=_Checked(int, 1, 1000), default=9, help="top activations per feature map")
-    p_vis.add_argument("--maps", type=_Checked(int, 1, 4096), default=16,
-                       help="feature maps shown per layer, a seeded random subset (default: 16)")
-    p_vis.add_argument("--split", default="val", help="split folder whose images are searched")
-    p_vis.add_argument("--max-images", type=_positive_int, default=None, help="search only the first N images")
-    p_vis.add_argument("--seed", type=_seed, default=0, help="seed of the choice of shown maps")
-    p_vis.add_argument("--compare", type=Path, default=None, metavar="RUN_B",
-                       help="another run (e.g. AlexNet) for the Fig. 6 comparison")
-
     # experiments whose flags are generated from their config dataclasses
     for name in _GENERATED_COMMANDS:
         _experiment_parser(sub, name)
-    p_corr = sub.add_parser("correspondence", help="correspondence of object parts: Δ per occluded part (Table 1)",
-                            formatter_class=_Formatter,
-                            description="Occlude the same part (eye, nose) in every annotated image, and random "
-                            "regions of the same size, and measure how consistently the features change: "
-                            "Δ = mean normalised Hamming distance between the signs of the feature differences "
-                            "of pairs of images (the paper's Table 1). Writes correspondence.png and .json.")
-    _model_flags(p_corr, "run directory")
-    p_corr.add_argument("--data", type=Path, required=True, help="data folder the annotated image paths are in")
-    p_corr.add_argument("--out", type=Path, required=True, help="output folder")
-    p_corr.add_argument("--annotations", type=Path, default=None,
-                        help="part-annotation JSON (default: DATA/annotations.json)")
-    p_corr.add_argument("--parts", type=_csv_names, default=("right_eye", "left_eye", "nose"),
-                        help="parts to occlude, comma-separated (default: right_eye,left_eye,nose)")
-    p_corr.add_argument("--layers", type=_csv_names, default=("conv5", "fc7"),
-                        help="layers compared, comma-separated (default: conv5,fc7)")
-    p_corr.add_argument("--images", type=_Checked(int, 2, 10_000), default=5,
-                        help="annotated images used, a seeded choice")
-    p_corr.add_argument("--trials", type=_Checked(int, 1, 10_000), default=10,
-                        help="draws of random regions per part (the control)")
-    p_corr.add_argument("--split", default="val", help="use images under DATA/SPLIT/ only; 'all' for every one")
-    p_corr.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images and random regions")
-    p_corr.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p_inv = sub.add_parser("invariance", help="feature invariance to translation, scale and rotation (Fig. 5)",
-                           formatter_class=_Formatter,
-                           description="Translate vertically, scale and rotate images; plot the normalised "
-                           "distance of the features at two layers to the original's, and P(true class), one "
-                           "line per image (the paper's Fig. 5). Writes invariance.png and invariance.json.")
-    _model_flags(p_inv, "run directory")
-    p_inv.add_argument("--data", type=Path, required=True, help="data folder")
-    p_inv.add_argument("--out", type=Path, required=True, help="output folder")
-    p_inv.add_argument("--layers", type=_csv_names, default=("conv1", "fc7"),
-                       help="layers compared, comma-separated (default: conv1,fc7)")
-    p_inv.add_argument("--images", type=_Checked(int, 1, 10_000), default=5,
-                       help="images, of different classes where possible")
-    p_inv.add_argument("--split", default="val", help="split folder the images come from")
-    p_inv.add_argument("--transforms", type=_csv_names, default=("translation", "scale", "rotation"),
-                       help="transformations (default: translation,scale,rotation)")
-    p_inv.add_argument("--shifts", type=_Checked(float, -_MAX_SIDE, _MAX_SIDE, csv=True), default=None,
-                       help="vertical shifts in pixels, e.g. --shifts=-20,0,20 (default: 13 steps up to a "
-                       "quarter of the input)")
-    p_inv.add_argument("--scales", type=_Checked(float, 0, 100, low_open=True, csv=True), default=None,
-                       help="scale factors (default: 1.0,1.1,...,1.8)")
-    p_inv.add_argument("--angles", type=_Checked(float, -3600, 3600, csv=True), default=None,
-                       help="rotations in degrees (default: 0,10,...,360)")
-    p_inv.add_argument("--seed", type=_seed, default=0, help="seed of the choice of images")
-    p_inv.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # experiment: the paper's Tables 2-7, one action each
     p_exp = sub.add_parser("experiment", help="the paper's experiments: ablations, ensembles, transfer, probes",
                            formatter_class=_Formatter)
     exp_sub = p_exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", parser_class=_Parser)
     exp_sub.required = True
-    # each experiment adds its parser to exp_sub here, and its function to _EXPERIMENTS; generated ones:
+    # each experiment's flags are generated from its Config
     for name in _GENERATED_STUDIES:
         _experiment_parser(exp_sub, name)
-    p_tr = exp_sub.add_parser(
-        "transfer", help="a new softmax on a run's frozen layers 1-7 vs training from scratch (Tables 4-6)",
-        formatter_class=_Formatter,
-        description="Caltech protocol (caltech101, caltech256, folders): for each --per-class N and each of "
-        "--splits random splits, N training images per class and the rest (capped) for testing; a softmax on "
-        "the frozen fc7 features, and the same architecture trained from scratch on the same images. "
-        "voc2012: one-vs-all classifiers trained on VOC train, average precision on val. Writes "
-        "OUT/transfer.json, .md, .csv and .png beside the paper's Tables 4-6. Run the same command again to "
-        "resume an interrupted experiment.")
-    _model_flags(p_tr, "the pretrained run directory")
-    p_tr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
-    p_tr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "voc2012", "folders"),
-                      help="data layout (folders: train/ and val/ class folders, pooled)")
-    p_tr.add_argument("--out", type=Path, required=True, help="output folder")
-    p_tr.add_argument("--per-class", type=_Checked(int, 1, 1_000_000, csv=True), default="15,30",
-                      help="training images per class, comma-separated")
-    p_tr.add_argument("--splits", type=_Checked(int, 1, 1000), default=5,
-                      help="random train/test splits per --per-class")
-    p_tr.add_argument("--seed", type=_seed, default=0, help="seed of the splits and the from-scratch training")
-    p_tr.add_argument("--test-cap", type=_positive_int, default=None,
-                      help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
-    p_tr.add_argument("--no-baseline", action="store_true", help="skip training the architecture from scratch")
-    p_tr.add_argument("--no-untrained", action="store_true",
-                      help="skip the softmax on the untrained (random-weight) architecture's frozen features")
-    p_tr.add_argument("--scratch-steps", type=_Checked(int, 1, 10_000_000), default=300,
-                      help="SGD steps of each from-scratch training")
-    p_tr.add_argument("--scratch-batch-size", type=_batch, default=32, help="images per from-scratch step")
-    p_tr.add_argument("--scratch-lr", type=_Checked.of("TrainConfig", "lr"), default=1e-2,
-                      help="from-scratch learning rate (/10 after 3/4)")
-    p_tr.add_argument("--l2", type=_l2_arg, default=None,
-                      help="softmax L2 penalty: a number, cv (3-fold cross-validation on the training images), "
-                      "or None: 1/N for N training images")
-    p_tr.add_argument("--layer", default="fc7", help="the frozen layer the softmax reads")
-    p_tr.add_argument("--include-background", action="store_true",
-                      help="keep Caltech-101's BACKGROUND_Google / Caltech-256's 257.clutter as a class")
-    _feature_flags(p_tr)
-
-    p_pr = exp_sub.add_parser(
-        "probes", help="a linear SVM and a softmax on each layer's frozen features (Table 7)",
-        formatter_class=_Formatter,
-        description="Features of conv1 ... conv5 (average-pooled to --grid x --grid), fc6 and fc7 are extracted "
-        "once per image and cached; a linear SVM and a softmax per layer are trained on --per-class images per "
-        "class and tested on the rest, over --splits random splits. Writes OUT/probes.json, .md, .csv and a "
-        "plot of accuracy against depth (probes.png) beside the paper's Table 7.")
-    _model_flags(p_pr, "the pretrained run directory")
-    p_pr.add_argument("--data", type=Path, required=True, help="the target data set's folder")
-    p_pr.add_argument("--layout", default="folders", choices=("caltech101", "caltech256", "folders"),
-                      help="data layout (folders: train/ and val/ class folders, pooled)")
-    p_pr.add_argument("--out", type=Path, required=True, help="output folder")
-    p_pr.add_argument("--per-class", type=_Checked(int, 1, 1_000_000), default=30,
-                      help="training images per class (the paper: 30 Caltech-101, 60 Caltech-256)")
-    p_pr.add_argument("--splits", type=_Checked(int, 1, 1000), default=5, help="random train/test splits")
-    p_pr.add_argument("--seed", type=_seed, default=0, help="seed of the splits")
-    p_pr.add_argument("--test-cap", type=_positive_int, default=None,
-                      help="test images per class at most; None: 50 for caltech101, 25 for caltech256, else no cap")
-    p_pr.add_argument("--layers", type=_csv_names, default="conv1,conv2,conv3,conv4,conv5,fc6,fc7",
-                      help="layers to probe, comma-separated, in order of depth")
-    p_pr.add_argument("--classifiers", type=_csv_names, default="svm,softmax", help="svm and/or softmax")
-    p_pr.add_argument("--grid", type=_Checked(int, 1, 64), default=4, help="conv maps are pooled to GRID x GRID")
-    p_pr.add_argument("--pool", default="avg", choices=("avg", "max"), help="pooling of the conv maps")
-    p_pr.add_argument("--l2", type=_l2_arg, default=None,
-                      help="classifiers' L2 penalty: a number, cv (3-fold cross-validation on the training "
-                      "images), or None: 1/N for N training images")
-    p_pr.add_argument("--include-background", action="store_true",
-                      help="keep Caltech-101's BACKGROUND_Google / Caltech-256's 257.clutter as a class")
-    _feature_flags(p_pr)
-    p_abl = exp_sub.add_parser(
-        "ablation", help="train layer and width variants of a model and tabulate their errors (Table 3)",
-        formatter_class=_Formatter,
-        description="Train each variant with the same recipe in OUT/runs/VARIANT and write OUT/ablation.json, "
-        ".md and .csv: train top-1, val top-1 and val top-5 error beside the paper's Table 3. Variants: base, "
-        "no-conv3-4, no-fc7, no-fc6-7, fc-half, fc-double, conv-wide, or several joined by '+' "
-        "(no-conv3-4+no-fc6-7). Widths are the paper's on zfnet/alexnet and scale in proportion on the "
-        "CPU-size models. Run the same command again to resume an interrupted study.")
-    p_abl.add_argument("--data", type=Path, required=True, help="data folder with train/ and val/")
-    p_abl.add_argument("--out", type=Path, required=True, help="the study's folder")
-    p_abl.add_argument("--base", default="zfnet", choices=list_models(), metavar="NAME",
-                       help=f"model the variants change: {', '.join(list_models())}")
-    p_abl.add_argument("--variants", type=_csv_names, default=None,
-                       help="comma-separated variants; the paper's nine rows when not given")
-    p_abl.add_argument("--epochs", type=_Checked.of("TrainConfig", "epochs"), default=defaults.epochs,
-                       help="epochs per variant")
-    p_abl.add_argument("--batch-size", type=_Checked.of("TrainConfig", "batch_size"), default=defaults.batch_size,
-                       help="images per SGD step")
-    p_abl.add_argument("--lr", type=_Checked.of("TrainConfig", "lr"), default=defaults.lr, help="initial learning rate")
-    p_abl.add_argument("--lr-patience", type=_Checked.of("TrainConfig", "lr_patience"), default=defaults.lr_patience,
-                       help="epochs without improvement before the lr drops")
-    p_abl.add_argument("--seed", type=_seed, default=0, help="seed of every variant's run")
-    p_abl.add_argument("--weights", default="last", choices=("last", "best"),
-                       help="weights evaluated: last epoch's, or lowest validation error's")
-    p_abl.add_argument("--ten-crop", action="store_true", help="validation error over the paper's 10 crops")
-    p_abl.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
-    p_abl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p_abl.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bars")
-
-    p_ens = exp_sub.add_parser(
-        "ensemble", help="error of each run and of their averaged softmax (Table 2)", formatter_class=_Formatter,
-        description="Each run alone, each architecture's ensemble when the runs mix several, and all runs "
-        "combined; writes OUT/ensemble.json, .md and .csv beside the paper's Table 2.")
-    p_ens.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (two or more to ensemble)")
-    p_ens.add_argument("--data", type=Path, required=True, help="data folder")
-    p_ens.add_argument("--out", type=Path, default=Path("zfnet-ensemble"), help="folder for the tables")
-    p_ens.add_argument("--split", default="val", help="split folder to evaluate on")
-    p_ens.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
-    p_ens.add_argument("--weights", default="best", help="best, last or epoch-N")
-    p_ens.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
-    p_ens.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
-    p_ens.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
-    p_ens.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p_ens.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p_min = exp_sub.add_parser(
-        "miniature", help="the paper's §5 findings in miniature on the synthetic data (Tables 3-5, 7)",
-        formatter_class=_Formatter,
-        description="From nothing: the synthetic primary classes, the nine Table 3 variants of zfnet-tiny trained "
-        "on them, the disjoint secondary classes, and the base network's frozen features transferred to them "
-        "(15 and 30 images per class, 5 splits, against training from scratch) with a linear probe per layer. "
-        "Writes OUT/miniature.json and .md: whether each of the paper's three findings holds. Run the same "
-        "command again to resume.")
-    p_min.add_argument("--out", type=Path, required=True, help="the study's folder")
-    p_min.add_argument("--seed", type=_seed, default=0, help="seed of the data, the trainings and the splits")
-    p_min.add_argument("--workers", type=_workers, default=0, help="data loading processes of the trainings")
-    p_min.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # report
     p_report = sub.add_parser("report", help="the static HTML report of saved results (recomputes nothing)",
@@ -620,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="demo folders, run directories, visualize or analysis output, or JSON files")
     p_report.add_argument("--out", type=Path, required=True,
                           help="report folder: new, empty, or an earlier report's (required)")
-    p_report.add_argument("--title", default="ZFNet report", help="the report's title")
+    p_report.add_argument("--title", default=None,
+                          help="the report's title (default: the earlier report's in --out, else 'ZFNet report')")
 
     # demo
     p_demo = sub.add_parser("demo", help="from nothing to a trained ZFNet on the synthetic data",
@@ -762,64 +591,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_visualize(args: argparse.Namespace) -> int:
-    from .visualize.job import compare_architectures, visualize_run
-
-    loaded = _loaded(args, args.data, args.split)
-    index = visualize_run(loaded, args.data, layers=args.layers, k=args.k, maps=args.maps, split=args.split,
-                          out=args.out, seed=args.seed, max_images=args.max_images)
-    shown = sum(len(maps) for maps in index["layers"].values())
-    print(f"visualised {shown} feature maps of {', '.join(index['layers'])} over {index['images']} images")
-    if args.compare is not None:
-        compare_architectures(loaded, args.compare, args.out, data=args.data, split=args.split,
-                              weights="best" if args.model else args.weights or "best", seed=args.seed)
-        print(f"architecture comparison with {args.compare}: {args.out / 'architectures.png'}")
-    print(f"figures and index.json in {args.out}")
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     result = run_demo(args.out, quick=args.quick)
     print(result)
-    return 0
-
-
-def _cmd_correspondence(args: argparse.Namespace) -> int:
-    from .analysis.jobs import correspondence_job
-
-    record = correspondence_job(_loaded(args), args.data, args.out, parts=args.parts, layers=args.layers,
-                                images=args.images, random_trials=args.trials,
-                                split=None if args.split == "all" else args.split, annotations=args.annotations,
-                                seed=args.seed, show_progress=not args.quiet)
-    table = record["report"]["tables"][0]
-    print("  ".join(f"{c:>16}" if i else f"{c:<12}" for i, c in enumerate(table["columns"])))
-    for row in table["rows"]:
-        print("  ".join(f"{c:>16}" if i else f"{c:<12}" for i, c in enumerate(row)))
-    for layer, f in record["finding"].items():
-        shown = "shows" if f["all_parts_below_random"] else "does not show"
-        spread = record["delta"]["random"][layer]["std"]
-        print(f"{layer}: {len(f['parts_below_random'])}/{len(record['parts'])} parts below random (random minus "
-              f"mean part {f['random_minus_mean_part']:+.3f}, std over pairs {spread:.3f}): the model {shown} "
-              "the paper's finding there")
-    print(f"correspondence.png and correspondence.json in {args.out} ({len(record['images'])} images)")
-    return 0
-
-
-def _cmd_invariance(args: argparse.Namespace) -> int:
-    from .analysis.jobs import invariance_job
-
-    steps = {t: v for t, v in (("translation", args.shifts), ("scale", args.scales), ("rotation", args.angles))
-             if v is not None}
-    record = invariance_job(_loaded(args, args.data, args.split), args.data, args.out, layers=args.layers,
-                            images=args.images, split=args.split, transforms=args.transforms, steps=steps,
-                            seed=args.seed, show_progress=not args.quiet)
-    table = record["report"]["tables"][0]
-    print("  ".join(f"{c:>14}" for c in table["columns"]))
-    for row in table["rows"]:
-        print("  ".join(f"{c:>14}" for c in row))
-    print(f"invariance.png and invariance.json in {args.out} ({len(record['images'])} images)")
     return 0
 
 
@@ -831,116 +607,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exp_ablation(args: argparse.Namespace) -> int:
-    from .analysis.ablation import PAPER_VARIANTS, ablation_study
-
-    result = ablation_study(args.data, args.out, base=args.base, variants=args.variants or PAPER_VARIANTS,
-                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            train_options={"lr_patience": args.lr_patience}, weights=args.weights,
-                            ten_crop=args.ten_crop, workers=args.workers, device=args.device,
-                            show_progress=not args.quiet)
-    print(result)
-    print(result.summary())
-    print(f"tables in {', '.join(str(p) for p in result.files.values())}; runs in {args.out / 'runs'}")
-    return 0
-
-
-def _exp_ensemble(args: argparse.Namespace) -> int:
-    from .analysis.ensemble import ensemble_study
-    from .train.distributed import resolve_device
-
-    result = ensemble_study(args.runs, args.data, args.out, split=args.split, ten_crop=args.ten_crop,
-                            weights=args.weights, layout=args.layout, workers=args.workers,
-                            batch_size=args.batch_size, device=resolve_device(args.device),
-                            show_progress=not args.quiet)
-    print(result)
-    print(result.summary())
-    print(f"tables in {', '.join(str(p) for p in result.files.values())}")
-    return 0
-
-
-def _exp_miniature(args: argparse.Namespace) -> int:
-    from .analysis.miniature import miniature_study
-
-    result = miniature_study(args.out, seed=args.seed, workers=args.workers, show_progress=not args.quiet)
-    print(result["report"]["summary"])
-    for finding in result["findings"].values():
-        print(f"  {'holds' if finding['holds'] else 'does not hold'}: {finding['finding']}")
-    print(f"details in {args.out / 'miniature.md'}; tables in {args.out / 'ablation'} and {args.out / 'transfer'}")
-    return 0
-
-
-def _l2_arg(text: str) -> float | str:
-    if text == "cv":
-        return text
-    try:
-        float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or cv, got {text!r}") from None
-    return _Checked(float, 0, 1e6, low_open=True)(text)
-
-
-_l2_arg.limits = _Checked(float, 0, 1e6, low_open=True).limits  # type: ignore[attr-defined]
-_l2_arg.value_type = float  # type: ignore[attr-defined]
-
-
-def _feature_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", type=Path, default=None,
-                   help="feature cache folder, which transfer and probes can share; None: OUT/features")
-    p.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=_workers, default=None, help="data loading processes; None: cores - 1")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _exp_transfer(args: argparse.Namespace) -> int:
-    from .analysis.transfer import ScratchRecipe, run_transfer
-    from .train.distributed import resolve_device
-
-    recipe = ScratchRecipe(steps=args.scratch_steps, batch_size=args.scratch_batch_size, lr=args.scratch_lr)
-    result = run_transfer(_loaded(args), args.data, args.out, layout=args.layout,
-                          per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
-                          baseline=not args.no_baseline, untrained=not args.no_untrained, recipe=recipe,
-                          l2=args.l2, layer=args.layer,
-                          include_background=args.include_background, features_dir=args.features,
-                          batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
-                          show_progress=not args.quiet)
-    print(result.summary())
-    return 0
-
-
-def _exp_probes(args: argparse.Namespace) -> int:
-    from .analysis.probes import run_probes
-    from .train.distributed import resolve_device
-
-    result = run_probes(_loaded(args), args.data, args.out, layout=args.layout,
-                        per_class=args.per_class, splits=args.splits, seed=args.seed, test_cap=args.test_cap,
-                        layers=args.layers, classifiers=args.classifiers, grid=args.grid, pool=args.pool,
-                        l2=args.l2, include_background=args.include_background, features_dir=args.features,
-                        batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
-                        show_progress=not args.quiet)
-    print(result.summary())
-    return 0
-
-
-# experiment name -> function(args) -> exit status
-_EXPERIMENTS: dict[str, Any] = {}
-_EXPERIMENTS["transfer"] = _exp_transfer
-_EXPERIMENTS["probes"] = _exp_probes
-_EXPERIMENTS["ablation"] = _exp_ablation
-_EXPERIMENTS["ensemble"] = _exp_ensemble
-_EXPERIMENTS["miniature"] = _exp_miniature
-
-
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    if args.experiment_command in _GENERATED_STUDIES:
-        return _cmd_generated(args)
-    return _EXPERIMENTS[args.experiment_command](args)
+    return _cmd_generated(args)  # every study's flags come from its Config (_GENERATED_STUDIES)
 
 
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
-             "visualize": _cmd_visualize, "experiment": _cmd_experiment,
-             "occlusion": _cmd_generated, "correspondence": _cmd_correspondence, "invariance": _cmd_invariance,
+             "visualize": _cmd_generated, "experiment": _cmd_experiment,
+             "occlusion": _cmd_generated, "correspondence": _cmd_generated, "invariance": _cmd_generated,
              "report": _cmd_report, "demo": _cmd_demo}
 
 
@@ -959,17 +632,20 @@ def _output_folder(args: argparse.Namespace) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``zfnet`` command line; returns the exit status."""
-    from contextlib import nullcontext
+    from contextlib import nullcontext, redirect_stdout
 
     from ._io import folder_lock
     from .errors import TrainingDiverged, ZFNetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    # Under torchrun, rank 0 alone speaks: the other ranks log warnings only and print nothing to stdout.
+    follower = os.environ.get("RANK", "0").strip() not in ("", "0")
+    _setup_logging(getattr(args, "quiet", False) or follower)
     try:
         folder = _output_folder(args)
-        with folder_lock(folder) if folder is not None else nullcontext():
+        with (folder_lock(folder) if folder is not None else nullcontext()), \
+                (redirect_stdout(io.StringIO()) if follower else nullcontext()):
             return _COMMANDS[args.command](args)
     except (ZFNetError, ValueError, OSError) as err:
         # Bad input (ZFNetError and the ValueErrors of argument checks) and file-system refusals

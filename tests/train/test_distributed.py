@@ -58,7 +58,7 @@ def test_torchrun_two_processes(tiny_tree, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     # 24 training images split over 2 ranks, each rank's count summed: every image once per epoch
     assert all(r["images"] == 24 for r in rows)
-    assert proc.stdout.count("run directory:") == 2  # both ranks finish
+    assert proc.stdout.count("run directory:") == 1  # rank 0 alone prints (both finished: exit status 0)
 
     # Only rank 0 wrote files: rank 1 wrote none, and every file in the run is one rank 0 wrote.
     written = {0: set(), 1: set()}
