@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfnet.models import build, list_models, model_info
-from zfnet.models._fast import prepare_for_speed
+from zfnet.models.speed import prepare_for_speed
 
 PATHS = ("eager", "cl", "fast", "compiled")
 # Tolerances of the equivalence check (eval mode, same weights, same batch). Different kernels and
@@ -65,7 +65,7 @@ LOGITS_RTOL = 1e-4
 # other. At batch 64 the few such units give the lower layers' weight gradients relative L2
 # errors of 1e-3 to 1e-2 (seeds 0-3), so gradients are compared as ||path - eager|| / ||eager||
 # per parameter with 5e-2: loose for rounding, tight for a layout or indexing error (order 1).
-# The exact equivalence is tested at small scale in tests/models/test_fast.py and
+# The exact equivalence is tested at small scale in tests/models/test_speed.py and
 # tests/models/test_layers_speed.py.
 GRAD_RTOL = 5e-2
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfnet.models import ContrastNorm
-from zfnet.models._fast import contrast_norm
+from zfnet.models.speed import contrast_norm
 
 # float64 reference comparisons: both sides round differently only in the order of a 5-term sum
 # and a pow, so they agree to ~1e-15; 1e-12 leaves room without hiding a wrong window (which

@@ -39,8 +39,8 @@ KILLER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if where == "step":
-        import zfnet.train.loop as loop
-        real_renorm = loop.renormalize_filters_
+        import zfnet.train.step as step  # the one SGD step, which renormalises the filters last
+        real_renorm = step.renormalize_filters_
 
         def renorm(*args, **kw):
             real_renorm(*args, **kw)
@@ -48,7 +48,7 @@ KILLER = textwrap.dedent("""
             if len(seen) == nth:
                 die()
 
-        loop.renormalize_filters_ = renorm
+        step.renormalize_filters_ = renorm
     else:
         phase, name = where.split(":")
         real_write = io.atomic_write  # replaced before zfnet.train imports it

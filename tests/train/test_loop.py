@@ -114,9 +114,9 @@ def test_a_blow_up_on_an_epochs_last_step_reaches_no_file(tiny_tree, tmp_path, m
     # 24 training images in batches of 8: 3 steps an epoch. The update of epoch 2's last step (the
     # 6th) makes a weight infinite; no later loss shows it, so only a check of the weights can.
     from zfnet.cli import main
-    from zfnet.train import loop
+    from zfnet.train import step
 
-    real_renorm, steps = loop.renormalize_filters_, []
+    real_renorm, steps = step.renormalize_filters_, []
 
     def blow_up_on_step_6(model, *args, **kw):
         steps.append(1)
@@ -125,7 +125,7 @@ def test_a_blow_up_on_an_epochs_last_step_reaches_no_file(tiny_tree, tmp_path, m
             with torch.no_grad():
                 model.fc8.weight[0, 0] = float("inf")
 
-    monkeypatch.setattr(loop, "renormalize_filters_", blow_up_on_step_6)
+    monkeypatch.setattr(step, "renormalize_filters_", blow_up_on_step_6)  # the one training step's
     run = tmp_path / "run"
     code = main(["train", "--data", str(tiny_tree), "--model", "zfnet-tiny", "--epochs", "3", "--batch-size", "8",
                  "--workers", "0", "--snapshots", "1,2,3", "--lr-patience", "5", "--out", str(run), "--quiet"])
@@ -138,7 +138,7 @@ def test_a_blow_up_on_an_epochs_last_step_reaches_no_file(tiny_tree, tmp_path, m
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert load_weights(run / "last.safetensors")[1]["epoch"] == 1
     # The run resumes from that checkpoint.
-    monkeypatch.setattr(loop, "renormalize_filters_", real_renorm)
+    monkeypatch.setattr(step, "renormalize_filters_", real_renorm)
     result = train(_config(tiny_tree, run, epochs=2, snapshots=(1, 2, 3)), resume=True, show_progress=False)
     assert [r["epoch"] for r in result.metrics] == [1, 2]
 

@@ -12,7 +12,7 @@ conv5 256 x 16 = 4096, and fc6, fc7 4096 each.
 
 One forward pass computes every requested layer (for an ``nn.Sequential``, stopping after the deepest
 one; for another model, through forward hooks removed after the pass), in the model's fast
-inference form (:func:`~zfnet.models._fast.prepare_for_speed`); pooling and copying the features
+inference form (:func:`~zfnet.models.speed.prepare_for_speed`); pooling and copying the features
 costs a few percent of the pass (``benchmarks/feature_extraction.py``). Each layer's features are
 written to ``CACHE/<layer>.safetensors`` with a fingerprint of the weights, the normalisation, the image
 files and the pooling, and read back instead of recomputed while the fingerprint matches.
@@ -37,7 +37,7 @@ from torch import nn
 from .._io import atomic_write
 from ..data.loader import ImageStream
 from ..data.transforms import Normalization, center_crop
-from ..models._fast import prepare_for_speed
+from ..models.speed import prepare_for_speed
 from ..progress import progress
 
 __all__ = ["FEATURE_LAYERS", "FeatureSet", "extract_features", "feature_fingerprint", "POOLS"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._fast import contrast_norm
+from .speed import contrast_norm
 
 __all__ = ["ContrastNorm", "init_paper_", "renormalize_filters_", "filter_rms"]
 
@@ -34,7 +34,7 @@ class ContrastNorm(nn.LocalResponseNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The same function as the parent's F.local_response_norm, computed as a banded matrix
-        # product over channels: several times faster, forward and backward (models/_fast.py).
+        # product over channels: several times faster, forward and backward (models/speed.py).
         return contrast_norm(input, self.size, self.alpha, self.beta, self.k)
 
 

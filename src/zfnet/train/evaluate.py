@@ -17,7 +17,7 @@ from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import Normalization, center_crop, ten_crops
 from ..errors import ZFNetError
-from ..models._fast import prepare_for_speed
+from ..models.speed import prepare_for_speed
 from ..progress import progress
 from .checkpoint import LoadedRun, load_run
 

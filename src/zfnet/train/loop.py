@@ -33,8 +33,8 @@ from ..data.folders import open_dataset
 from ..data.loader import ImageStream, mean_image
 from ..data.transforms import Normalization, base_size, training_crops
 from ..errors import TrainingDiverged, ZFNetError
-from ..models import build, model_config, model_info, renormalize_filters_
-from ..models._fast import prepare_for_speed
+from ..models import build, model_config, model_info
+from ..models.speed import prepare_for_speed
 from ..progress import progress
 from . import distributed
 from .checkpoint import (
@@ -51,6 +51,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .evaluate import predict, topk_errors
+from .step import NonFiniteLoss, sgd, sgd_step
 
 __all__ = ["train", "TrainResult", "epoch_seed", "left_chance", "run_train_crops"]
 
@@ -92,13 +93,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 def _input_size(config: TrainConfig) -> int:
     return int(config.model_options.get("input_size", model_info(config.model).input_size))
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Weight decay on weights only, as in Krizhevsky et al.'s and the usual Caffe set-ups.
-    decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def run_train_crops(config: TrainConfig, saved: dict | None) -> str:
@@ -225,7 +219,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     # Channels-last weights and inputs, and reused host memory: the measured fast path (docs/benchmarks.md).
     channels_last = config.channels_last if config.channels_last is not None else ctx.device.type in ("cpu", "cuda")
     prepare_for_speed(model, train=True, channels_last=channels_last)
-    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
+    optimizer = sgd(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
         threshold=1e-4, threshold_mode="abs", min_lr=config.min_lr)
@@ -263,7 +257,6 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     per_rank_batch = max(1, math.ceil(config.batch_size / ctx.world_size))
     sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=False)
-    loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(start, config.epochs + 1):
         t0 = time.perf_counter()
@@ -282,15 +275,11 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = batch.labels.to(ctx.device, non_blocking=True)
-                logits = net(x)
-                loss = loss_fn(logits, y)
-                if ctx.any(not bool(torch.isfinite(loss))):  # every rank stops at the same step
-                    raise _diverged(f"the loss is {loss.item()} (batch {step + 1})", epoch, files, saved_epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if config.max_filter_rms > 0:
-                    renormalize_filters_(model, config.max_filter_rms)
+                try:  # every rank stops at the same step
+                    loss, logits = sgd_step(model, optimizer, x, y, max_filter_rms=config.max_filter_rms,
+                                            forward=net, any_rank=ctx.any)
+                except NonFiniteLoss as err:
+                    raise _diverged(f"the loss is {err.loss} (batch {step + 1})", epoch, files, saved_epoch) from None
                 n = len(y)
                 sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
                 bar.update(n + len(batch.bad))

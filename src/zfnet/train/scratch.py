@@ -33,7 +33,7 @@ from .._validate import check_fields, limits
 from ..data.transforms import center_crop, random_crops
 from ..errors import ZFNetError
 from ..models import build
-from ..models._fast import prepare_for_speed
+from ..models.speed import prepare_for_speed
 from ..progress import progress
 from .config import TrainConfig
 from .step import NonFiniteLoss, sgd, sgd_step

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from zfnet.models import build
-from zfnet.models._fast import prepare_for_speed, retain_freed_host_memory
+from zfnet.models.speed import prepare_for_speed, retain_freed_host_memory
 
 # Channels-last and NCHW convolutions sum in different orders; through zfnet-tiny's eight layers
 # float32 rounding stays below ~1e-6 of each tensor's scale, so 1e-4 of it is a wide margin that
