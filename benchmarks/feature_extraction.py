@@ -33,7 +33,7 @@ from zfnet.analysis.features import FEATURE_LAYERS, extract_features
 from zfnet.data.folders import Batch
 from zfnet.data.transforms import Normalization, base_size
 from zfnet.models import build, list_models, model_info
-from zfnet.models._fast import prepare_for_speed
+from zfnet.models.speed import prepare_for_speed
 from zfnet.train.evaluate import predict
 
 

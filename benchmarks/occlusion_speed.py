@@ -154,10 +154,10 @@ def modes_on_run(run: str, data: str, images: int, window: int, stride: int, cap
                  batch_size: int) -> dict[str, dict[str, list[float]]]:
     """Per approximate mode, on real validation images of a trained run: seconds of the exact mode and of
     the approximate one (alternating, image by image), and the approximate map's SSIM against the exact."""
+    from zfnet import Deconvnet
     from zfnet.analysis.occlusion import ssim
     from zfnet.data import open_dataset
     from zfnet.data.transforms import center_crop
-    from zfnet import Deconvnet
     from zfnet.train import load_run
 
     loaded = load_run(run)

@@ -291,7 +291,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     QUIET.update(limit=args.quiet_below, timeout=args.quiet_wait)
     if args.retain_memory:
-        from zfnet.models._fast import retain_freed_host_memory
+        from zfnet.models.speed import retain_freed_host_memory
 
         print(f"retain_freed_host_memory: {retain_freed_host_memory()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
