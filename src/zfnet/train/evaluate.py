@@ -44,12 +44,20 @@ def predict(model: nn.Module, stream: ImageStream, normalization: Normalization,
     Returns:
         ``(probs (N, C) float32 on CPU, labels (N,), indices (N,))`` for the readable images.
     """
+    return _predict(model, stream, normalization, input_size=input_size, ten_crop=ten_crop, batch_size=batch_size,
+                    indices=indices, channels_last=channels_last, show_progress=show_progress, desc=desc)[:3]
+
+
+def _predict(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
+             ten_crop: bool, batch_size: int, indices, channels_last: bool, show_progress: bool,
+             desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`predict`, and with ten crops also the centre crop's outputs (the fifth crop), at no extra cost."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     normalize = normalization.to(device)
     order = range(len(stream)) if indices is None else indices
-    probs, labels, kept = [], [], []
+    probs, labels, kept, centres = [], [], [], []
     bar = progress(total=len(order), desc=desc, unit="img", enabled=show_progress)
     try:
         with bar:
@@ -61,7 +69,9 @@ def predict(model: nn.Module, stream: ImageStream, normalization: Normalization,
                     flat = crops.reshape(b * 10, *crops.shape[2:])
                     if channels_last:
                         flat = flat.contiguous(memory_format=torch.channels_last)
-                    p = model(flat).float().softmax(-1).reshape(b, 10, -1).mean(1)
+                    each = model(flat).float().softmax(-1).reshape(b, 10, -1)
+                    centres.append(each[:, 4].cpu())  # ten_crops' fifth crop is the centre crop
+                    p = each.mean(1)
                 else:
                     crop = center_crop(x, input_size).contiguous(
                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -73,8 +83,8 @@ def predict(model: nn.Module, stream: ImageStream, normalization: Normalization,
     finally:
         model.train(was_training)
     if not probs:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    return torch.cat(probs), torch.cat(labels), torch.cat(kept)
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), None
+    return torch.cat(probs), torch.cat(labels), torch.cat(kept), torch.cat(centres) if centres else None
 
 
 def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
@@ -127,12 +137,20 @@ class Predictions:
         probs: (N, C) softmax outputs, float32 on the CPU (ten-crop: averaged over the crops).
         labels: (N,) the images' labels.
         indices: (N,) the images' positions in the split (unreadable ones are absent).
+        centre: with ten crops, (N, C) the centre crop's outputs alone (computed in the same pass).
     """
 
     name: str
     probs: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
+    centre: torch.Tensor | None = None
+
+    def centre_crop(self) -> Predictions:
+        """The centre crop's outputs of ten-crop predictions, as predictions of their own."""
+        if self.centre is None:
+            raise ValueError(f"{self.name}: these outputs were not computed from ten crops")
+        return Predictions(self.name, self.centre, self.labels, self.indices)
 
     def errors(self) -> EvalResult:
         """Top-1 and top-5 error of these outputs."""
@@ -167,7 +185,8 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
                  ten_crop: bool = False, weights: str = "best", layout: str = "auto", workers: int | None = None,
                  batch_size: int = 64, device: str | torch.device = "cpu",
                  show_progress: bool = True) -> tuple[list[Predictions], int]:
-    """Each run's softmax outputs over a split, one pass per run.
+    """Each run's softmax outputs over a split, one pass per run (with ``ten_crop``, the centre crop's outputs
+    come with them: :meth:`Predictions.centre_crop`).
 
     Runs may differ in architecture and input size; they must share the class list. A run is a run
     directory (its ``weights`` loaded) or a loaded run.
@@ -197,12 +216,13 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
             stream = ImageStream(ds, workers=workers, cache="none", show_progress=show_progress)
             streams[run.base_size] = stream
         model = prepare_for_speed(run.model.to(device), train=False)
-        probs, labels, idx = predict(model, stream, run.normalization, input_size=run.input_size, ten_crop=ten_crop,
-                                     batch_size=batch_size, show_progress=show_progress, channels_last=True,
-                                     desc=f"evaluating {run.root.name}")
+        probs, labels, idx, centre = _predict(model, stream, run.normalization, input_size=run.input_size,
+                                              ten_crop=ten_crop, batch_size=batch_size, indices=None,
+                                              show_progress=show_progress, channels_last=True,
+                                              desc=f"evaluating {run.root.name}")
         if len(labels) == 0:
             raise ZFNetError(f"no readable images in {Path(data) / split}")
-        out.append(Predictions(str(run.root), probs, labels, idx))
+        out.append(Predictions(str(run.root), probs, labels, idx, centre))
         bad = max(bad, len(stream.bad_files))
     return out, bad
 
