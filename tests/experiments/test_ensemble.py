@@ -92,13 +92,13 @@ def test_each_run_is_evaluated_once(data, runs, monkeypatch):
     from zfnet.train import evaluate
 
     passes = []
-    real = evaluate.predict
+    real = evaluate._predict  # the one pass of every prediction
 
     def counted(*args, **kwargs):
         passes.append(kwargs.get("desc"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict", counted)
+    monkeypatch.setattr(evaluate, "_predict", counted)
     result = ensemble_study([runs["a"], runs["a2"], runs["b"]], data)
     assert len(result.rows) == 5
     assert sorted(passes) == ["evaluating a", "evaluating a2", "evaluating b"]
