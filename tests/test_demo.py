@@ -7,8 +7,12 @@ import json
 import pytest
 
 from zfnet.cli import main
-from zfnet.demo import run_demo
 from zfnet.errors import ZFNetError
+from zfnet.experiments import demo
+
+
+def run_demo(out, *, quick=True, show_progress=False, seed=0):
+    return demo.run(demo.Config(quick=quick, seed=seed), out, show_progress=show_progress)
 
 
 @pytest.mark.slow
@@ -32,6 +36,11 @@ def test_quick_demo_runs_and_resumes(tmp_path, capsys):
     # A second run finds everything done and recomputes nothing (the report is rebuilt from the results).
     again = run_demo(out, quick=True, show_progress=False)
     assert again.stages == ["nothing left to do"]
+    # The time over both sessions, the first one's included.
+    marker = json.loads((out / "demo.json").read_text())
+    assert again.seconds == pytest.approx(marker["seconds"], abs=0.2) and again.seconds > again.session_seconds
+    comparison = json.loads((out / "comparison" / "comparison.json").read_text())
+    assert set(comparison["left_chance"]) == {"zfnet", "alexnet"} and comparison["verdict"] in printed
 
 
 @pytest.mark.slow

@@ -12,12 +12,30 @@ in :func:`main`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
+import math
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
+
+from . import __version__
+from ._io import atomic_write_json, folder_lock
+from ._validate import Limits, check_value, field_limits
+from .data.synthetic import write_synthetic
+from .errors import TrainingDiverged, ZFNetError
+from .experiments import experiment
+from .experiments.base import CLI, HELP, ModelSource, hints, read_config_file
+from .models import build, list_models, model_info
+from .models.convnet import ConvNetConfig
+from .report import build_report
+from .train import TrainConfig, evaluate_runs, load_config_file, train
+from .train.checkpoint import RunFiles, check_resumable, load_run_config
+from .train.distributed import resolve_device
+from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS, load_run_or_model
 
 __all__ = ["main", "build_parser"]
 
@@ -77,15 +95,11 @@ class _Checked:
         return flag
 
     def _resolve(self) -> tuple[type, bool, Any]:
-        from ._validate import Limits, field_limits
 
         if self.field is None:
             return self.kind, self.csv, Limits(*self.bounds)
-        import typing
         from dataclasses import fields
 
-        from .models.convnet import ConvNetConfig
-        from .train.config import TrainConfig
 
         cls = {"TrainConfig": TrainConfig, "ConvNetConfig": ConvNetConfig}[self.field[0]]
         hint = typing.get_type_hints(cls)[self.field[1]]
@@ -105,8 +119,6 @@ class _Checked:
         return self._resolve()[0]
 
     def __call__(self, text: str) -> Any:
-        from ._validate import check_value
-        from .errors import ZFNetError
 
         kind, csv, limit = self._resolve()
         word = {int: "whole number", float: "number"}.get(kind, "value")
@@ -148,7 +160,6 @@ _input_size = _Checked(int, 16, _MAX_SIDE)  # zfnet.train.external.INPUT_SIZES, 
 
 
 def _rgb(text: str) -> tuple[float, float, float]:
-    import math
 
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -161,7 +172,6 @@ def _rgb(text: str) -> tuple[float, float, float]:
 
 def _model_flags(p: argparse.ArgumentParser, run_help: str) -> None:
     """The positional run and, instead of it, a model zfnet did not train (--model and its options)."""
-    from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS
 
     p.add_argument("run", type=Path, nargs="?", default=None, help=f"{run_help}; or give --model instead")
     p.add_argument("--weights", default=None,
@@ -188,7 +198,6 @@ def _model_flags(p: argparse.ArgumentParser, run_help: str) -> None:
 
 def _loaded(args: argparse.Namespace, data: Path | None = None, split: str = "val"):
     """The run or model that the command's arguments name (see zfnet.train.external.load_run_or_model)."""
-    from .train.external import load_run_or_model
 
     return load_run_or_model(args.run, weights=args.weights, model=args.model, input_size=args.input_size,
                              mean=args.mean, std=args.std, normalize=args.normalize, classes=args.classes,
@@ -223,7 +232,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-_GENERATED_COMMANDS = ("visualize", "occlusion", "correspondence", "invariance")
+_GENERATED_COMMANDS = ("visualize", "occlusion", "correspondence", "invariance", "demo")
 """Top-level commands whose flags come from their experiment's ``Config`` (see zfnet.experiments.base)."""
 _GENERATED_STUDIES: tuple[str, ...] = ("ablation", "ensemble", "transfer", "probes", "miniature")
 """``zfnet experiment`` actions whose flags come from their experiment's ``Config``."""
@@ -242,11 +251,7 @@ class _FieldType(_Checked):
 
 def _field_flag(group: Any, f: Any, hint: Any) -> None:
     """Add the flag of config field ``f`` (type hint ``hint``) to ``group``; its default is the field's."""
-    import dataclasses
-    import typing
 
-    from ._validate import Limits, field_limits
-    from .experiments.base import CLI, HELP
 
     meta = f.metadata.get(CLI, {})
     if not meta.get("show", True):
@@ -293,8 +298,6 @@ def _experiment_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     """The parser of experiment ``name``: one flag per field of its Config, plus --out, --config, --quiet."""
     from dataclasses import fields
 
-    from .experiments import experiment
-    from .experiments.base import ModelSource, hints
 
     module = experiment(name)
     p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION, formatter_class=_Formatter,
@@ -332,8 +335,6 @@ def _cmd_generated(args: argparse.Namespace) -> int:
     """Run a generated experiment command: its Config from --config and the flags, then its run()."""
     from dataclasses import fields
 
-    from .experiments import experiment
-    from .experiments.base import read_config_file
 
     module = experiment(args.experiment_module)
     values = read_config_file(args.config) if args.config is not None else {}
@@ -346,9 +347,6 @@ def _cmd_generated(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .models import list_models
-    from .train import TrainConfig
 
     defaults = TrainConfig(data="", out="")
     parser = _Parser(prog="zfnet", description="Zeiler & Fergus (2014) reproduced: train ZFNet and see "
@@ -451,11 +449,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--title", default=None,
                           help="the report's title (default: the earlier report's in --out, else 'ZFNet report')")
 
-    # demo
-    p_demo = sub.add_parser("demo", help="from nothing to a trained ZFNet on the synthetic data",
-                            formatter_class=_Formatter)
-    p_demo.add_argument("--out", type=Path, default=Path("zfnet-demo"), help="output folder")
-    p_demo.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
     return parser
 
 
@@ -473,7 +466,6 @@ def _setup_logging(quiet: bool = False) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data.synthetic import write_synthetic
 
     summary = write_synthetic(args.out, classes=args.classes, per_class=args.per_class,
                               val_per_class=args.val_per_class, seed=args.seed, size=args.size,
@@ -484,7 +476,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import build, list_models, model_info
 
     print(f"{'name':<14}{'input':>7}{'parameters':>14}  description")
     for name in list_models():
@@ -495,10 +486,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    from ._validate import check_value
-    from .errors import ZFNetError
-    from .train import TrainConfig, load_config_file
-    from .train.checkpoint import RunFiles, check_resumable, load_run_config
 
     values: dict[str, Any] = {}
     saved: dict[str, Any] | None = None
@@ -547,7 +534,6 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
 
     config = _train_config(args)
     result = train(config, resume=args.resume, show_progress=not args.quiet)
@@ -574,9 +560,6 @@ def _print_eval(report) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ._io import atomic_write_json
-    from .train import evaluate_runs
-    from .train.distributed import resolve_device
 
     # --weights names a file with --model; the --ensemble runs then use their best weights.
     report = evaluate_runs([_loaded(args, args.data, args.split), *args.ensemble], args.data, split=args.split,
@@ -591,16 +574,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    result = run_demo(args.out, quick=args.quick)
-    print(result)
-    return 0
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
 
     index = build_report(args.sources, args.out, title=args.title)
     print(f"report written to {index}")
@@ -614,7 +588,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 _COMMANDS = {"data": _cmd_data, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
              "visualize": _cmd_generated, "experiment": _cmd_experiment,
              "occlusion": _cmd_generated, "correspondence": _cmd_generated, "invariance": _cmd_generated,
-             "report": _cmd_report, "demo": _cmd_demo}
+             "report": _cmd_report, "demo": _cmd_generated}
 
 
 # Commands whose library function locks its output folder itself (it must first check the folder, as
@@ -634,8 +608,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``zfnet`` command line; returns the exit status."""
     from contextlib import nullcontext, redirect_stdout
 
-    from ._io import folder_lock
-    from .errors import TrainingDiverged, ZFNetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
