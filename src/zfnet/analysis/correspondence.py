@@ -22,7 +22,7 @@ random draw of its size, and :meth:`CorrespondenceResult.compare` gives a
 :class:`zfnet.analysis.stats.Comparison` per part and layer, with an interval and a p-value.
 
 Everything here works on tensors: model inputs (mean subtracted, cropped) and boxes in their pixel
-coordinates. :mod:`zfnet.analysis.jobs` reads runs and annotation files and writes the table.
+coordinates. :mod:`zfnet.experiments.correspondence` reads runs and annotation files and writes the table.
 """
 
 from __future__ import annotations

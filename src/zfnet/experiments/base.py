@@ -39,9 +39,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
+from .. import __version__
 from .._io import atomic_write_json
 from .._validate import MAX_ITEMS, Limits, check_fields, check_value, from_mapping, limits
 from ..errors import ZFNetError
+from ..train.distributed import resolve_device
+from ..train.external import load_run_or_model
 
 __all__ = ["option", "Options", "ModelSource", "Result", "write_config", "read_config_file", "hints", "HELP", "CLI",
            "MAX_SEED", "MAX_COUNT", "MAX_BATCH", "MAX_WORKERS", "MAX_SIDE", "DEVICE"]
@@ -159,8 +162,6 @@ class ModelSource(Options):
 
     def load(self, *, data: str | Path | None = None, split: str = "val"):
         """The run or model these options name, loaded (see :func:`zfnet.train.load_run_or_model`)."""
-        from ..train.external import load_run_or_model
-
         loaded = load_run_or_model(self.run, weights=self.weights, model=self.model, input_size=self.input_size,
                                    mean=self.mean, std=self.std, normalize=self.normalize, classes=self.classes,
                                    data=data, split=split)
@@ -169,8 +170,6 @@ class ModelSource(Options):
 
     def resolved_device(self):
         """``device`` as a :class:`torch.device` (``auto``: CUDA where there is one)."""
-        from ..train.distributed import resolve_device
-
         return resolve_device(self.device)
 
 
@@ -209,8 +208,6 @@ class Result:
 def write_config(out: str | Path, kind: str, config: Options, **resolved: Any) -> Path:
     """Write ``OUT/<kind>.config.json``: the experiment's options as run, with what it resolved itself
     (a default layer, occluder size ...) under ``resolved``."""
-    from .. import __version__
-
     payload = {"experiment": kind, "zfnet": __version__, "config": config.to_json()}
     if resolved:
         payload["resolved"] = json.loads(json.dumps(resolved, default=str))

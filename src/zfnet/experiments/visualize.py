@@ -33,7 +33,7 @@ from ..data.loader import ImageStream
 from ..data.transforms import center_crop
 from ..errors import ZFNetError
 from ..progress import progress
-from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
+from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run, load_run_config
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.figures import (
     aliasing,
@@ -425,8 +425,6 @@ def _rel(path: Path, out: Path) -> str:
 
 
 def _run_data(run: LoadedRun) -> str:
-    from ..train.checkpoint import RunFiles, load_run_config
-
     files = RunFiles(run.root)
     if not files.config.is_file():
         raise ValueError(f"no data given and {run.root} has no config.json naming its data")

@@ -46,6 +46,7 @@ from PIL import Image
 
 from .._io import atomic_write, atomic_write_json, folder_entries, folder_lock
 from ..errors import ZFNetError
+from ..paper import PAPER_TABLE2
 from ._architecture import architecture, diagram
 from ._curves import training_curves_png
 from ._inputs import Refused, inside, printable, read_json, read_raster
@@ -87,11 +88,7 @@ PAPER_TABLE_2 = {
     "caption": "The paper's Table 2 (ImageNet 2012 validation set, error %), for reference; the numbers above are "
                "measured on this report's own data set and are not comparable one to one.",
     "columns": ["model", "top-1 error (%)", "top-5 error (%)"],
-    "rows": [["Krizhevsky et al., 1 convnet (replicated)", "40.5", "18.1"],
-             ["ZFNet (Fig. 3), 1 convnet", "38.4", "16.5"],
-             ["ZFNet, 5 convnets", "36.7", "15.3"],
-             ["ZFNet with conv3-5 of 512, 1024, 512 maps", "37.5", "16.0"],
-             ["6 convnets", "36.0", "14.7"]],
+    "rows": [[model, f"{top1:.1f}", f"{top5:.1f}"] for model, top1, top5, _ in PAPER_TABLE2],
     "numeric": [False, True, True],
 }
 

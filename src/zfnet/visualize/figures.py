@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
+from .._io import atomic_write
 from ..models.layers import filter_rms
+from ..results import save_figure
 
 __all__ = [
     "normalize_projection", "tile", "filter_rms", "dead_filter_fraction", "aliasing",
@@ -184,9 +186,7 @@ def _pixels(patches: torch.Tensor) -> torch.Tensor:
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
+    return save_figure(fig, path, dpi=dpi, facecolor="white")
 
 
 def _show(ax, image: torch.Tensor, title: str | None = None, fontsize: float = 8) -> None:
@@ -258,10 +258,6 @@ def save_image(image: torch.Tensor, path: str | Path, *, min_side: int = 96) -> 
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
     array = pixels.permute(1, 2, 0).cpu().numpy()
-    from PIL import Image
-
-    from .._io import atomic_write
-
     picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
