@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import json
-import tomllib
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path, PurePath
@@ -41,8 +40,8 @@ from typing import Any, ClassVar
 
 from .. import __version__
 from .._io import atomic_write_json
-from .._validate import MAX_ITEMS, Limits, check_fields, check_value, from_mapping, limits
-from ..errors import ZFNetError
+from .._validate import MAX_ITEMS, Limits, check_fields, from_mapping, limits
+from ..train.config import load_config_file
 from ..train.distributed import resolve_device
 from ..train.external import load_run_or_model
 
@@ -222,32 +221,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         ZFNetError: a missing, unreadable or malformed file, or one that is not a table of options.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ZFNetError(f"config file {path} is a directory")
-    if not path.is_file():
-        raise ZFNetError(f"config file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ZFNetError(f"config file {path} is not UTF-8 text") from None
-    except OSError as err:
-        raise ZFNetError(f"config file {path} cannot be read ({err.strerror})") from None
-    try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:
-        raise ZFNetError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    raw = check_value(raw, dict[str, Any], str(path), what="config file")
+    raw = load_config_file(path)  # the one reader of option files, the training's too
     if isinstance(raw.get("config"), dict) and "experiment" in raw:
-        raw = raw["config"]
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name in out:
-            raise ZFNetError(f"config file {path} gives {name} twice (as {name} and with dashes)")
-        out[name] = value
-    return out
+        raw = {str(k).replace("-", "_"): v for k, v in raw["config"].items()}
+    return raw
 
 
 def hints(cls: type) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WORKERS, ModelSource, opti
 from .base import Result as _Result
 from .ledger import Ledger
 
-__all__ = ["Config", "Result", "run", "NAME", "HELP", "DESCRIPTION", "L2", "l2_option", "l2_value", "l2_json",
+__all__ = ["Config", "FrozenFeatures", "Result", "run", "NAME", "HELP", "DESCRIPTION", "L2", "l2_option", "l2_value",
+           "l2_json",
            "over_splits"]
 
 NAME = "probes"
@@ -98,7 +99,25 @@ def over_splits(values: Sequence[float]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config(ModelSource):
+class FrozenFeatures(ModelSource):
+    """Options of the experiments that fit classifiers on a model's frozen features (transfer, probes)."""
+
+    l2: str | float | None = l2_option("the classifiers' L2 penalty: a number, cv (3-fold cross-validation on the "
+                                       "training images), or None: 1/N for N training images")
+    include_background: bool = option(False, help="keep Caltech-101's BACKGROUND_Google / Caltech-256's "
+                                      "257.clutter as a class")
+    features: str | None = option(None, help="feature cache folder, which transfer and probes can share; None: "
+                                  "OUT/features")
+    batch_size: int = option(64, low=1, high=MAX_BATCH, help="images per forward pass")
+    workers: int | None = option(None, low=0, high=MAX_WORKERS, help="data loading processes; None: cores - 1")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "l2", l2_value(self.l2, self.what))
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(FrozenFeatures):
     """The probes' options (``zfnet experiment probes --help`` shows the same)."""
 
     what = "probes option"
@@ -118,18 +137,6 @@ class Config(ModelSource):
     classifiers: tuple[str, ...] = option(PROBE_CLASSIFIERS, choices=PROBE_CLASSIFIERS, help="svm and/or softmax")
     grid: int = option(4, low=1, high=64, help="conv maps are pooled to GRID x GRID")
     pool: str = option("avg", choices=POOLS, help="pooling of the conv maps")
-    l2: str | float | None = l2_option("classifiers' L2 penalty: a number, cv (3-fold cross-validation on the "
-                                       "training images), or None: 1/N for N training images")
-    include_background: bool = option(False, help="keep Caltech-101's BACKGROUND_Google / Caltech-256's "
-                                      "257.clutter as a class")
-    features: str | None = option(None, help="feature cache folder, which transfer and probes can share; None: "
-                                  "OUT/features")
-    batch_size: int = option(64, low=1, high=MAX_BATCH, help="images per forward pass")
-    workers: int | None = option(None, low=0, high=MAX_WORKERS, help="data loading processes; None: cores - 1")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "l2", l2_value(self.l2, self.what))
-        super().__post_init__()
 
 
 @dataclass

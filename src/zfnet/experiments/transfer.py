@@ -44,7 +44,7 @@ from ..results import Figure, Report, Table, mean_std, new_figure, save_figure, 
 from ..train.checkpoint import LoadedRun
 from ..train.scratch import SCRATCH_STEPS, ScratchRecipe, predict_labels, train_from_scratch
 from . import probes
-from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WORKERS, ModelSource, option, write_config
+from .base import MAX_COUNT, MAX_SEED, option, write_config
 from .base import Result as _Result
 from .ledger import Ledger
 
@@ -66,7 +66,7 @@ _RECIPE_LIMITS = {f.name: f.metadata for f in fields(ScratchRecipe)}
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config(ModelSource):
+class Config(probes.FrozenFeatures):
     """The transfer experiment's options (``zfnet experiment transfer --help`` shows the same)."""
 
     what = "transfer option"
@@ -91,19 +91,7 @@ class Config(ModelSource):
                                      help="images per from-scratch step")
     scratch_lr: float = option(_RECIPE.lr, checked=_RECIPE_LIMITS["lr"],
                                help="from-scratch learning rate (/10 after 3/4)")
-    l2: str | float | None = probes.l2_option("softmax L2 penalty: a number, cv (3-fold cross-validation on the "
-                                              "training images), or None: 1/N for N training images")
     layer: str = option("fc7", help="the frozen layer the softmax reads")
-    include_background: bool = option(False, help="keep Caltech-101's BACKGROUND_Google / Caltech-256's "
-                                      "257.clutter as a class")
-    features: str | None = option(None, help="feature cache folder, which transfer and probes can share; None: "
-                                  "OUT/features")
-    batch_size: int = option(64, low=1, high=MAX_BATCH, help="images per forward pass")
-    workers: int | None = option(None, low=0, high=MAX_WORKERS, help="data loading processes; None: cores - 1")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "l2", probes.l2_value(self.l2, self.what))
-        super().__post_init__()
 
     @property
     def recipe(self) -> ScratchRecipe:

@@ -30,6 +30,17 @@ def _box(ax, box: Sequence[int] | None, colour: str = "lime") -> None:
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
 
 
+def _position_map(fig, ax, values: np.ndarray, extent, box: Sequence[int] | None, shape: tuple[int, ...], *,
+                  cmap: str, title: str, vmin: float | None = None, vmax: float | None = None) -> None:
+    """A value per occluder position, drawn over the image's pixel frame with a colour bar and the object's box."""
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+    _box(ax, box, "white")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.set_title(title, fontsize=9)
+
+
 def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names: Sequence[str],
                    box: Sequence[int] | None = None, title: str | None = None, predicted: bool = False,
                    others: torch.Tensor | None = None, dpi: int = 100) -> Path:
@@ -77,13 +88,8 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
                            fill=False, edgecolor="white", linestyle="--", linewidth=1.2))
     ax.set_title(f"(a) input: {target} (predicted)" if predicted else f"(a) input: {target}", fontsize=9)
 
-    ax = axes[1]
-    im = ax.imshow(result.activity.numpy(), cmap="viridis", extent=extent, interpolation="nearest")
-    _box(ax, box, "white")
-    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
-    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    ax.set_title(f"(b) {result.layer} map {result.channel}: total activity", fontsize=9)
+    _position_map(fig, axes[1], result.activity.numpy(), extent, box, rgb.shape, cmap="viridis",
+                  title=f"(b) {result.layer} map {result.channel}: total activity")
 
     ax = axes[2]
     proj = normalize_projection(result.projection[None])[0].permute(1, 2, 0).numpy()
@@ -91,14 +97,9 @@ def draw_occlusion(image: torch.Tensor, result, path: str | Path, *, class_names
               interpolation="nearest")
     ax.set_title(f"(c) projection of map {result.channel}", fontsize=9)
 
-    ax = axes[3]
-    im = ax.imshow(result.prob_true.numpy(), cmap="jet", vmin=0.0, vmax=max(1e-6, float(result.prob_true.max())),
-                   extent=extent, interpolation="nearest")
-    _box(ax, box, "white")
-    ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
-    ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    ax.set_title(f"(d) p({target}), clean {result.clean_prob:.2f}", fontsize=9)
+    _position_map(fig, axes[3], result.prob_true.numpy(), extent, box, rgb.shape, cmap="jet", vmin=0.0,
+                  vmax=max(1e-6, float(result.prob_true.max())),
+                  title=f"(d) p({target}), clean {result.clean_prob:.2f}")
 
     ax = axes[4]
     present = sorted(set(result.top_class.flatten().tolist()))
