@@ -29,7 +29,7 @@ from .data.synthetic import write_synthetic
 from .errors import TrainingDiverged, ZFNetError
 from .experiments import experiment
 from .experiments.base import CLI, HELP, ModelSource, hints, read_config_file
-from .models import build, list_models, model_info
+from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
 from .report import build_report
 from .train import TrainConfig, evaluate_runs, load_config_file, train
@@ -476,12 +476,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-
     print(f"{'name':<14}{'input':>7}{'parameters':>14}  description")
     for name in list_models():
         info = model_info(name)
-        params = sum(p.numel() for p in build(name).parameters())
-        print(f"{name:<14}{info.input_size:>7}{params:>14,}  {info.description}")
+        print(f"{name:<14}{info.input_size:>7}{parameter_count(name):>14,}  {info.description}")
     return 0
 
 

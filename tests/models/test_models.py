@@ -242,3 +242,25 @@ def test_fc_widths_with_fc6_and_fc7_removed_are_refused():
 
 def test_fc_widths_with_one_fc_layer_removed_are_used():
     assert build("zfnet-tiny", num_classes=3, removed=("fc7",), fc=(64, 64)).fc6.linear.out_features == 64
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_equals_the_built_models_without_allocating_it(name, monkeypatch):
+    from zfnet.models import parameter_count
+
+    expected = sum(p.numel() for p in build(name, num_classes=7).parameters())
+    # torch.device("meta") caches the set of factory functions it redirects on first use: use it once
+    # before torch.empty is wrapped, so that the wrapped call still reaches the original, redirected.
+    parameter_count(name, num_classes=7)
+    real_empty = torch.empty
+    sizes = []
+
+    def counting_empty(*args, **kwargs):  # no real memory for the parameters: meta tensors only
+        t = real_empty(*args, **kwargs)
+        if t.device.type != "meta":
+            sizes.append(t.numel())
+        return t
+
+    monkeypatch.setattr(torch, "empty", counting_empty)
+    assert parameter_count(name, num_classes=7) == expected
+    assert sum(sizes) < expected / 100

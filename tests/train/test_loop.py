@@ -305,3 +305,18 @@ def test_run_train_crops_known_answers():
     assert run_train_crops(unset, {"lr": 0.01}) == "random"  # saved before the option: what zfnet took then
     assert run_train_crops(unset, {"train_crops": "ten"}) == "ten"
     assert run_train_crops(ten, {"train_crops": "ten"}) == "ten"
+
+
+def test_a_model_too_large_for_the_images_or_the_machine_is_warned_about(tmp_path):
+    from zfnet.data.folders import open_dataset
+    from zfnet.data.synthetic import write_synthetic
+    from zfnet.train.loop import size_warnings
+
+    data = tmp_path / "synth"
+    write_synthetic(data, classes=2, per_class=2, val_per_class=1, size=128, progress=False)
+    dataset = open_dataset(data, "train", 256)
+    upsampled, slow = size_warnings("zfnet", 224, dataset, torch.device("cpu"))
+    assert "128 px" in upsampled and "upsampled" in upsampled and "--model zfnet-cpu" in upsampled
+    assert "full-size" in slow
+    assert size_warnings("alexnet", 224, dataset, torch.device("cuda"))[0].endswith("--model alexnet-cpu")
+    assert size_warnings("zfnet-cpu", 112, dataset, torch.device("cpu")) == []  # 128-px images suit it

@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ZFNetError
 
-__all__ = ["register", "build", "list_models", "model_info", "model_config", "ModelInfo"]
+__all__ = ["register", "build", "list_models", "model_info", "model_config", "parameter_count", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,16 @@ def model_config(name: str, num_classes: int = 1000, options: Mapping[str, Any] 
 def _check(name: str) -> None:
     if not isinstance(name, str) or name not in _BUILDERS:
         raise ZFNetError(f"unknown model {name!r}; available: {', '.join(_BUILDERS)}")
+
+
+def parameter_count(name: str, num_classes: int = 1000, **overrides) -> int:
+    """How many parameters ``build(name, num_classes, **overrides)`` has, counted without allocating them
+    (the model is built on PyTorch's meta device: shapes only, no memory, no initialisation work).
+
+    Example:
+        >>> parameter_count("zfnet")
+        62357608
+    """
+    with torch.device("meta"):
+        model = build(name, num_classes, **overrides)
+    return sum(p.numel() for p in model.parameters())

@@ -30,10 +30,11 @@ from torch.utils.data import DistributedSampler
 
 from .._io import atomic_write_json, atomic_write_text, folder_entries, folder_lock, remove_temp_files
 from ..data.folders import open_dataset
+from ..data.images import image_size
 from ..data.loader import ImageStream, mean_image
 from ..data.transforms import Normalization, base_size, training_crops
-from ..errors import TrainingDiverged, ZFNetError
-from ..models import build, model_config, model_info
+from ..errors import ImageError, TrainingDiverged, ZFNetError
+from ..models import build, list_models, model_config, model_info
 from ..models.speed import prepare_for_speed
 from ..progress import progress
 from . import distributed
@@ -179,6 +180,34 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
         distributed.teardown(ctx)
 
 
+def size_warnings(model: str, input_size: int, dataset, device: torch.device, *, sample: int = 8) -> list[str]:
+    """What a user should hear before a long run of a model that does not suit the data or the machine:
+    images smaller than the model's base size (upsampled: the model sees no more detail than the files
+    have, at several times the cost), and a full-size model on a CPU. Reads the headers of a few images.
+    """
+    out = []
+    paths = [p for p, _ in dataset.samples[:: max(1, len(dataset.samples) // sample)][:sample]]
+    sides = []
+    for path in paths:
+        try:
+            sides.append(min(image_size(path)))
+        except ImageError:
+            continue
+    base = base_size(input_size)
+    family = model.split("-")[0]  # zfnet-cpu's family is zfnet's
+    fitting = [name for name in list_models() if name.split("-")[0] == family and name != model
+               and base_size(model_info(name).input_size) <= (max(sides) if sides else base)]
+    fitting.sort(key=lambda name: base_size(model_info(name).input_size))
+    hint = f"; consider --model {fitting[-1]}" if fitting else ""
+    if sides and max(sides) < base:
+        out.append(f"the images are {max(sides)} px at most but {model} takes {input_size} px crops of {base} px "
+                   f"images: they are upsampled, which costs time and adds no detail{hint}")
+    if device.type == "cpu" and input_size >= 224:
+        out.append(f"{model} is a full-size {input_size}-px network: an epoch on a CPU takes a long time"
+                   f"{hint or '; the *-cpu models are its structure at CPU size'}")
+    return out
+
+
 def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show: bool,
            files: RunFiles) -> TrainResult:
     # Rank 0 alone judges the folder (the others would see the files it is about to write).
@@ -195,6 +224,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     val_ds = open_dataset(config.data, "val", size, layout=config.layout, classes=train_ds.classes)
     # the model for this data set's class count, checked before anything is written
     model_config(config.model, num_classes=len(train_ds.classes), options=config.model_options)
+    if ctx.is_main:
+        for warning in size_warnings(config.model, input_size, train_ds, ctx.device):
+            log.warning("%s", warning)
     if ctx.is_main:
         if not files.marker.is_file():
             write_run_marker(files.root)  # first: a run killed from here on is recognised as zfnet's
