@@ -340,7 +340,7 @@ def _analyses(out: Path, data: Path, runs: dict[str, Run], plan: DemoPlan, seed:
           lambda: visualize.run(visualize.Config(data=str(data), maps=plan.vis_maps, max_images=plan.vis_images,
                                                  seed=seed, compare=str(alexnet.root)), vis, loaded=loaded,
                                 show_progress=show_progress))
-    # The paper's occluder (32 px at 224, in proportion) at half its side per step: 13 x 13 positions at 112 px.
+    # zfnet's occluder (32 px at 224, in proportion; the paper gives no size) at half its side per step: 13 x 13 positions at 112 px.
     window, _ = occlusion.default_window(loaded.input_size)
     stage(5, "occlusion", out / "occlusion" / "occlusion.json",
           lambda: occlusion.run(occlusion.Config(data=str(data), images=plan.occlusion_images, window=window,
