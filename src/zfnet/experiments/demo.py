@@ -305,10 +305,12 @@ def _comparison(out: Path, runs: dict[str, Run], predictions: dict[str, Predicti
             compared="ZFNet's error", baseline="AlexNet's", finding="a real difference", digits=1)
     chance = ", ".join(f"{n} left chance at epoch {left[n]}" if left[n] else f"{n} never left chance"
                        for n in (first, second))
+    aligned_text = ("the learning-rate schedule starts only then, so the errors are also compared the same number of "
+                    "epochs after each left chance" if aligned is not None else
+                    "so there is no point from which to compare them at equal training")
     summary = (f"Both networks were trained with the same recipe for the same number of steps, from one seed each. "
-               f"{chance}; the learning-rate schedule starts only then, so the errors are also compared the same "
-               "number of epochs after each left chance. " + verdict + ". What this does not show: the spread "
-               "over initialisations (one run each), nor the paper's ImageNet-scale difference (Table 2).")
+               f"{chance}; {aligned_text}. " + verdict + ". What this does not show: the spread over "
+               "initialisations (one run each), nor the paper's ImageNet-scale difference (Table 2).")
     numbers = {"left_chance": left, "aligned": aligned, "final": final, "verdict": verdict,
                "test": None if test is None else {"difference": test.difference, "low": test.low,
                                                   "high": test.high, "p_value": test.p_value}}
@@ -340,7 +342,8 @@ def _analyses(out: Path, data: Path, runs: dict[str, Run], plan: DemoPlan, seed:
           lambda: visualize.run(visualize.Config(data=str(data), maps=plan.vis_maps, max_images=plan.vis_images,
                                                  seed=seed, compare=str(alexnet.root)), vis, loaded=loaded,
                                 show_progress=show_progress))
-    # zfnet's occluder (32 px at 224, in proportion; the paper gives no size) at half its side per step: 13 x 13 positions at 112 px.
+    # zfnet's occluder (32 px at 224, in proportion; the paper gives no size) at half its side per step:
+    # 13 x 13 positions at 112 px.
     window, _ = occlusion.default_window(loaded.input_size)
     stage(5, "occlusion", out / "occlusion" / "occlusion.json",
           lambda: occlusion.run(occlusion.Config(data=str(data), images=plan.occlusion_images, window=window,
