@@ -6,7 +6,7 @@ The public API, one import path per name (imported on first use, so ``import zfn
         invariance, load_run, train, build_report
 
 =========================  =======================================================================
-``build``, ``list_models``  the model zoo: ZFNet, AlexNet, their variants (``zfnet.models``)
+``build``, ``list_models``  the model zoo: ZFNet, AlexNet, their variants; ``parameter_count`` (``zfnet.models``)
 ``load_run``                a trained run's model with its preprocessing (``zfnet.train.checkpoint``)
 ``load_model``              any model for the analyses: a run, or ``FILE.py:FACTORY`` (``zfnet.train.external``)
 ``train``, ``TrainConfig``  the paper's training recipe (``zfnet.train``)
@@ -38,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "list_models": ("zfnet.models", "list_models"),
     "model_info": ("zfnet.models", "model_info"),
     "renormalize_filters_": ("zfnet.models", "renormalize_filters_"),
+    "parameter_count": ("zfnet.models", "parameter_count"),
     "load_run": ("zfnet.train.checkpoint", "load_run"),
     "load_model": ("zfnet.train.external", "load_run_or_model"),
     "train": ("zfnet", "train"),  # the package zfnet.train, callable as the training loop

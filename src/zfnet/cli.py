@@ -27,7 +27,7 @@ from ._io import atomic_write_json, folder_lock
 from ._validate import Limits, check_value, field_limits
 from .data.synthetic import write_synthetic
 from .errors import TrainingDiverged, ZFNetError
-from .experiments import experiment
+from .experiments import COMMANDS, STUDIES, experiment
 from .experiments.base import CLI, HELP, ModelSource, hints, read_config_file
 from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
@@ -232,9 +232,9 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-_GENERATED_COMMANDS = ("visualize", "occlusion", "correspondence", "invariance", "demo")
+_GENERATED_COMMANDS = (*COMMANDS, "demo")
 """Top-level commands whose flags come from their experiment's ``Config`` (see zfnet.experiments.base)."""
-_GENERATED_STUDIES: tuple[str, ...] = ("ablation", "ensemble", "transfer", "probes", "miniature")
+_GENERATED_STUDIES: tuple[str, ...] = STUDIES
 """``zfnet experiment`` actions whose flags come from their experiment's ``Config``."""
 
 
