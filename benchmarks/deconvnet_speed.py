@@ -30,8 +30,8 @@ from importlib.metadata import version
 import torch
 from torch import nn
 
+from zfnet import Deconvnet, top_activations
 from zfnet.models import build
-from zfnet.visualize import Deconvnet, top_activations
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
 

@@ -50,8 +50,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from zfnet import Deconvnet  # noqa: E402
 from zfnet.models import build  # noqa: E402
-from zfnet.visualize import Deconvnet  # noqa: E402
 
 LAYERS = {"zfnet": "conv5", "resnet50": "layer4", "vgg16": "features.29"}
 

@@ -44,13 +44,14 @@ from pathlib import Path
 
 import torch
 
+from zfnet import Deconvnet, project_top_activations
 from zfnet.data.folders import open_dataset
 from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import center_crop
 from zfnet.experiments import visualize
 from zfnet.models import build
 from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
-from zfnet.visualize import Deconvnet, TopK, project_top_activations
+from zfnet.visualize.topk import TopK
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deconvnet_speed import per_neuron_baseline  # noqa: E402  (the sibling benchmark's Captum-or-autograd loop)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from zfnet import Deconvnet
 from zfnet.analysis.occlusion import occlusion, occlusion_grid, ssim
 from zfnet.models import build
-from zfnet.visualize import Deconvnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,13 +10,13 @@ import torch
 from helpers.trees import make_tree
 from PIL import Image
 
+from zfnet import Deconvnet, receptive_fields, top_activations
 from zfnet.data.folders import open_dataset
 from zfnet.data.transforms import center_crop
 from zfnet.errors import ZFNetError
 from zfnet.experiments import visualize as job
 from zfnet.experiments.visualize import Config, compare_architectures, run
 from zfnet.train import TrainConfig, load_run, train
-from zfnet.visualize import Deconvnet, receptive_fields, top_activations
 from zfnet.visualize.figures import aliasing, dead_filter_fraction
 
 

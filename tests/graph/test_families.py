@@ -13,8 +13,8 @@ import torch
 from helpers.reference import deconvnet_reference, gradient_support_box, occlusion_brute_force, topk_brute_force
 from helpers.zoo import FAMILIES, INPUT_SIZE, randomize_
 
+from zfnet import Deconvnet, receptive_field, top_activations
 from zfnet.analysis.occlusion import occlusion
-from zfnet.visualize import Deconvnet, receptive_field, top_activations
 
 # family -> layers to check: blocks, a module's repeated call, residual and concatenating outputs
 LAYERS = {

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from helpers.reference import deconvnet_reference, gradient_support_box, occlusion_brute_force
 from torch import nn
 
+from zfnet import Deconvnet, receptive_field
 from zfnet.analysis.occlusion import occlusion
 from zfnet.graph import trace
-from zfnet.visualize import Deconvnet, receptive_field
 
 
 class _Functional(nn.Module):

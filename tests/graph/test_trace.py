@@ -7,10 +7,10 @@ import torch
 from helpers.zoo import FAMILIES, DataDependentBranch, ReorderedChain
 from torch import nn
 
+from zfnet import Deconvnet, receptive_fields, top_activations
 from zfnet.analysis.occlusion import occlusion
 from zfnet.graph import TraceError, trace
 from zfnet.models import build
-from zfnet.visualize import Deconvnet, receptive_fields, top_activations
 
 
 def _no_hooks(model: nn.Module) -> bool:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from helpers.nets import NotAChain, Shuffled, VGGStyle, hand_net, plain_sequential, randomize_batch_norm_
 from torch import nn
 
+from zfnet import Deconvnet, receptive_field
 from zfnet.models import build
-from zfnet.visualize import Deconvnet, receptive_field
 
 # ---------------------------------------------------------------------------------------------
 # The independent reference: PyTorch autograd, with every ReLU's backward replaced by a ReLU of

@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers.nets import VGGStyle, plain_sequential, positive_conv_net
 
+from zfnet import receptive_field, receptive_fields
 from zfnet.models import build
-from zfnet.visualize import ReceptiveField, receptive_field, receptive_fields
+from zfnet.visualize.receptive_field import ReceptiveField
 
 
 def _zfnet_narrow():

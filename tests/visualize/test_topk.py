@@ -8,8 +8,9 @@ from helpers.nets import VGGStyle
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from zfnet import Deconvnet, project_top_activations, receptive_fields, top_activations
 from zfnet.models import build
-from zfnet.visualize import Deconvnet, TopK, project_top_activations, receptive_fields, top_activations
+from zfnet.visualize.topk import TopK
 
 
 def _activations(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:

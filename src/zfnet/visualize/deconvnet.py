@@ -124,7 +124,7 @@ class Deconvnet:
                 the whole map. One of :data:`KEEP_MODES`.
             positions: optional (N, 2) integer (row, column) of the activation to keep instead of
                 the maximum (``keep="max"`` only); known positions (e.g. from
-                :func:`zfnet.visualize.top_activations`) let the forward pass run only inside
+                :func:`zfnet.visualize.topk.top_activations`) let the forward pass run only inside
                 each activation's receptive field.
             image_index: optional (N,) integers: item ``n`` projects image ``x[image_index[n]]``,
                 so several maps of one image share its forward pass. Default: one item per image.

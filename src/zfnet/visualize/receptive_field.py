@@ -133,7 +133,7 @@ def receptive_fields(model: nn.Module | Deconvnet, image_size: int | Sequence[in
     """Receptive-field geometry ``(jump, size, start)`` of every layer of ``model``.
 
     Args:
-        model: a model :class:`~zfnet.visualize.Deconvnet` supports, or a Deconvnet.
+        model: a model :class:`~zfnet.visualize.deconvnet.Deconvnet` supports, or a Deconvnet.
         image_size: input height and width (one int for square images).
         in_channels: input channels; default: those of the first convolution.
 
@@ -199,7 +199,7 @@ def receptive_field(model: nn.Module | Deconvnet, layer: str, position: Sequence
     whose weights are all non-zero the pixels on its edges do.
 
     Args:
-        model: a model :class:`~zfnet.visualize.Deconvnet` supports, or a Deconvnet.
+        model: a model :class:`~zfnet.visualize.deconvnet.Deconvnet` supports, or a Deconvnet.
         layer: a layer name (see :attr:`Deconvnet.layer_names`).
         position: (row, column) of the activation in the layer's map; (0, 0) for a fully
             connected layer.

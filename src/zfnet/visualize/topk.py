@@ -246,7 +246,7 @@ def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
     its receptive field only); ``keep="map"`` projects the whole feature map of that image.
 
     Args:
-        model: the model :func:`top_activations` ran (or a :class:`~zfnet.visualize.Deconvnet` of it).
+        model: the model :func:`top_activations` ran (or a :class:`~zfnet.visualize.deconvnet.Deconvnet` of it).
         top: one layer's :class:`TopK`.
         images: the images in the iteration order of that pass: a tensor (N, C, H, W), or a
             callable taking an image index and returning a (C, H, W) tensor (e.g. a data set's
