@@ -209,3 +209,20 @@ def test_config_file_and_the_written_config(quick_run, secondary_data, tmp_path,
     assert saved["config"]["baseline"] is False and saved["resolved"]["test_cap"] is None
     assert Config.from_mapping(saved["config"]).l2 == 0.02  # the written config reads back
     one_line_error(capsys, ["experiment", "transfer", str(quick_run), "--out", str(tmp_path / "o")], "data missing")
+
+
+def test_the_baseline_can_be_trained_on_the_first_splits_only(quick_run, secondary_data, tmp_path, monkeypatch):
+    trained = []
+    real = transfer_module.train_from_scratch
+
+    def counted(*args, **kwargs):
+        trained.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "train_from_scratch", counted)
+    numbers = transfer_job(quick_run, secondary_data, tmp_path, per_class=(5,), splits=3, baseline_splits=2,
+                           scratch_steps=2, scratch_batch_size=8).numbers
+    assert len(trained) == 2
+    assert len(numbers["pretrained"]["5"]["per_split"]) == 3 and len(numbers["scratch"]["5"]["per_split"]) == 2
+    row = next(r for r in numbers["report"]["tables"][0]["rows"] if "from scratch" in r[0])
+    assert "2 of the splits" in row[0]

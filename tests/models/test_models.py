@@ -195,7 +195,7 @@ def test_zfnet_layout_pools_before_normalising(name):
     assert [n for n, _ in build(name, num_classes=3).named_children()] == ZFNET_ORDER
 
 
-@pytest.mark.parametrize("name", ["alexnet", "alexnet-cpu", "alexnet-tiny"])
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-tiny"])
 def test_alexnet_biases_start_at_krizhevskys_values(name):
     # Krizhevsky et al. §5: conv2, conv4, conv5 and the fully connected hidden layers at 1, the rest at 0.
     assert _biases(build(name, num_classes=3)) == {
@@ -203,8 +203,10 @@ def test_alexnet_biases_start_at_krizhevskys_values(name):
         "fc6": {1.0}, "fc7": {1.0}, "fc8": {0.0}}
 
 
-def test_alexnet_zf_biases_start_at_zero():
-    assert set().union(*_biases(build("alexnet-zf", num_classes=3)).values()) == {0.0}
+@pytest.mark.parametrize("name", ["alexnet-zf", "alexnet-cpu"])
+def test_biases_start_at_zero(name):
+    # alexnet-cpu: Krizhevsky's biases of 1 kept it at chance on the demo's data (docs/model.md)
+    assert set().union(*_biases(build(name, num_classes=3)).values()) == {0.0}
 
 
 def test_alexnet_and_alexnet_zf_have_the_same_parameters_and_map_sizes():

@@ -88,6 +88,7 @@ class DemoPlan:
     transfer_per_class: tuple[int, ...] = (15, 30)
     transfer_splits: int = 5
     scratch_steps: int = 1000  # SGD steps of the from-scratch baseline: those ZFNet needed to leave chance
+    scratch_splits: int | None = 2  # the baseline trains on the first splits only: 4 trainings, not 10
 
 
 PLANS = {
@@ -100,7 +101,8 @@ PLANS = {
                       models=(("zfnet", "zfnet-tiny"), ("alexnet", "alexnet-tiny")), epochs=3, batch_size=16,
                       lr_patience=2, snapshots=(1, 2, 3), vis_maps=4, vis_images=32, occlusion_images=2,
                       pointing_images=8, correspondence_images=3, correspondence_trials=2, invariance_images=2,
-                      secondary_per_class=12, transfer_per_class=(5,), transfer_splits=2, scratch_steps=10),
+                      secondary_per_class=12, transfer_per_class=(5,), transfer_splits=2, scratch_steps=10,
+                      scratch_splits=None),
 }
 
 
@@ -367,7 +369,8 @@ def _analyses(out: Path, data: Path, runs: dict[str, Run], plan: DemoPlan, seed:
         # The probes run before the transfer, which writes transfer.json (the stage's mark) last.
         transfer.transfer_study(transfer.Config(data=str(secondary), per_class=plan.transfer_per_class,
                                                 splits=plan.transfer_splits, seed=seed,
-                                                scratch_steps=plan.scratch_steps, workers=0),
+                                                scratch_steps=plan.scratch_steps,
+                                                baseline_splits=plan.scratch_splits, workers=0),
                                 out / "transfer", probe_per_class=max(plan.transfer_per_class), loaded=loaded,
                                 show_progress=show_progress)
 

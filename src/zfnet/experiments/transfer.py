@@ -82,6 +82,9 @@ class Config(probes.FrozenFeatures):
                                   help="test images per class at most; None: 50 for caltech101, 25 for caltech256, "
                                   "else no cap")
     baseline: bool = option(True, help="also train the architecture from scratch on each split (zfnet runs only)")
+    baseline_splits: int | None = option(None, low=1, high=1000, metavar="N",
+                                         help="train from scratch on the first N splits only (each is a training of "
+                                         "--scratch-steps; default: every split)")
     untrained: bool = option(True, help="also fit a softmax on the untrained (random-weight) architecture's frozen "
                              "features")
     scratch_steps: int = option(SCRATCH_STEPS, checked=_RECIPE_LIMITS["steps"],
@@ -201,7 +204,7 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
                     done = _softmax_split(random_feats, layer, split, config.l2, num_classes, seed + s, device)
                     ledger.put(f"untrained {name}", done)
                 random_init.setdefault(str(n), []).append(done["accuracy"])
-            if baseline:
+            if baseline and s < (config.baseline_splits or config.splits):
                 done = ledger.get(f"scratch {name}")
                 if done is None:
                     t1 = time.perf_counter()
@@ -288,7 +291,9 @@ def _report(result: dict[str, Any], run_name: str, data_name: str) -> Report:
     rows = [[f"{run_name}: frozen layers 1-7 ({result['layer']}), new softmax"]
             + [_pct(result["pretrained"].get(str(n))) for n in ns]]
     if result["scratch"] is not None:
-        rows.append([f"{result['model']} from scratch ({result['scratch_recipe']['steps']} SGD steps)"]
+        fewer = len(next(iter(result["scratch"].values()))["per_split"]) if result["scratch"] else result["splits"]
+        over = f", {fewer} of the splits" if fewer < result["splits"] else ""
+        rows.append([f"{result['model']} from scratch ({result['scratch_recipe']['steps']} SGD steps{over})"]
                     + [_pct(result["scratch"].get(str(n))) for n in ns])
     if result.get("untrained") is not None:
         rows.append([f"{result['model']} untrained (random weights), frozen, new softmax"]
