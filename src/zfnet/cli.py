@@ -32,10 +32,10 @@ from .experiments.base import CLI, HELP, ModelSource, hints, read_config_file
 from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
 from .report import build_report
-from .train import TrainConfig, evaluate_runs, load_config_file, train
-from .train.checkpoint import RunFiles, check_resumable, load_run_config
+from .train import TrainConfig, evaluate_runs, train
 from .train.distributed import resolve_device
 from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS, load_run_or_model
+from .train.run import training_config
 
 __all__ = ["main", "build_parser"]
 
@@ -483,91 +483,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
-
-    values: dict[str, Any] = {}
-    saved: dict[str, Any] | None = None
-    files = RunFiles(args.out)
-    if args.resume:
-        check_resumable(args.out)  # a missing folder or one that is not a run: say so, not "--data is required"
-    if args.resume and files.config.is_file():
-        saved = load_run_config(files.config).to_json()  # every saved option checked by type and range
-        values.update(saved)
-    if args.config is not None:
-        values.update(load_config_file(args.config))
-    for _, field, _, _ in _TRAIN_FLAGS:
-        if getattr(args, field) is not None:
-            values[field] = getattr(args, field)
-    if args.model is not None:
-        values["model"] = args.model
-    if args.data is not None:
-        values["data"] = args.data
-    if isinstance(values.get("data"), (str, Path)):
-        # Stored resolved: the run resumes from any working directory, and --data may be given either way.
-        values["data"] = str(Path(values["data"]).expanduser().resolve())
-    options = dict(check_value(values.get("model_options", {}), dict[str, Any], "model_options",
-                               what="training option"))
-    if args.remove is not None:
-        options["removed"] = list(args.remove)
-    if args.fc_width is not None:
-        options["fc"] = [args.fc_width, args.fc_width]
-    if args.conv_widths is not None:
-        if len(args.conv_widths) != 3:
-            raise ZFNetError(f"--conv-widths takes 3 widths (conv3,conv4,conv5), got {len(args.conv_widths)}")
-        options["conv345"] = list(args.conv_widths)
-    if args.dropout is not None:
-        options["dropout"] = args.dropout
-    values["model_options"] = options
-    values["out"] = str(args.out.expanduser().resolve())
-    if "data" not in values:
-        raise ZFNetError("--data is required (the folder with train/ and val/)")
-    if saved is not None:
-        if isinstance(saved.get("data"), str):
-            saved = {**saved, "data": str(Path(saved["data"]).expanduser().resolve())}
-        for key in ("model", "model_options", "data", "seed", "layout"):
-            if key in saved and values.get(key) != saved[key]:
-                raise ZFNetError(f"{args.out} was trained with {key}={saved[key]!r}; --resume cannot change it "
-                                 f"to {values.get(key)!r}")
-    return TrainConfig.from_json(values)  # every option checked, the model's too (not built), before any work
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-
-    config = _train_config(args)
-    result = train(config, resume=args.resume, show_progress=not args.quiet)
-    last = result.metrics[-1] if result.metrics else None
-    if last is None:
-        print(f"nothing to do: {result.run} already finished {config.epochs} epochs")
-    else:
-        print(f"trained {config.model} for {last['epoch']} epochs: val top-1 error "
-              f"{100 * last['val_top1_error']:.2f}%, top-5 {100 * last['val_top5_error']:.2f}% "
-              f"(best top-1 {100 * result.best_val_top1_error:.2f}% at epoch {result.best_epoch})")
-    print(f"run directory: {result.run}")
+    fc = [args.fc_width, args.fc_width] if args.fc_width is not None else None
+    config = training_config(args.out, resume=args.resume, config_file=args.config,
+                             options={field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS}
+                             | {"model": args.model, "data": args.data},
+                             model_options={"removed": list(args.remove) if args.remove is not None else None,
+                                            "fc": fc, "conv345": args.conv_widths, "dropout": args.dropout})
+    print(train(config, resume=args.resume, show_progress=not args.quiet).summary())
     return 0
 
 
-def _print_eval(report) -> None:
-    crops = "10 crops" if report.ten_crop else "centre crop"
-    rows = list(report.members) + ([report.ensemble] if report.ensemble else [])
-    width = max(len(r.name) for r in rows)
-    print(f"{'model':<{width}}  top-1 err  top-5 err  images   ({crops})")
-    for r in rows:
-        print(f"{r.name:<{width}}  {100 * r.top1_error:8.2f}%  {100 * r.top5_error:8.2f}%  {r.images:6d}")
-    if report.bad_files:
-        print(f"{report.bad_files} unreadable image file(s) were skipped")
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-
     # --weights names a file with --model; the --ensemble runs then use their best weights.
     report = evaluate_runs([_loaded(args, args.data, args.split), *args.ensemble], args.data, split=args.split,
                            ten_crop=args.ten_crop, weights="best" if args.model else args.weights or "best",
                            layout=args.layout, workers=args.workers,
                            batch_size=args.batch_size, device=resolve_device(args.device))
-    _print_eval(report)
+    print(report.summary())
     if args.json is not None:
-        rows = [r.__dict__ for r in report.members] + ([report.ensemble.__dict__] if report.ensemble else [])
-        atomic_write_json(args.json, {"ten_crop": report.ten_crop, "results": rows})
+        atomic_write_json(args.json, report.to_json())
         print(f"results written to {args.json}")
     return 0
 

@@ -28,9 +28,19 @@ def test_train_crops_refuses_other_values():
         TrainConfig(data="d", out="o", train_crops="five")
 
 
-def test_train_crops_flag_sets_the_option(tmp_path):
-    from zfnet.cli import _train_config, build_parser
+def test_train_crops_flag_sets_the_option(tmp_path, monkeypatch):
+    from zfnet import cli
 
-    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                                      "--train-crops", "random"])
-    assert _train_config(args).train_crops == "random"
+    class Stop(Exception):
+        """Raised in place of training: the test needs only the config the command built."""
+
+    seen = []
+
+    def record(config, **kw):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(cli, "train", record)
+    with pytest.raises(Stop):
+        cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--train-crops", "random"])
+    assert seen[0].train_crops == "random"

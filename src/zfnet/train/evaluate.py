@@ -127,6 +127,23 @@ class EvalReport:
     ten_crop: bool
     bad_files: int
 
+    def summary(self) -> str:
+        """The errors as a table of text, as ``zfnet evaluate`` prints them."""
+        crops = "10 crops" if self.ten_crop else "centre crop"
+        rows = list(self.members) + ([self.ensemble] if self.ensemble else [])
+        width = max(len(r.name) for r in rows)
+        lines = [f"{'model':<{width}}  top-1 err  top-5 err  images   ({crops})"]
+        lines += [f"{r.name:<{width}}  {100 * r.top1_error:8.2f}%  {100 * r.top5_error:8.2f}%  {r.images:6d}"
+                  for r in rows]
+        if self.bad_files:
+            lines.append(f"{self.bad_files} unreadable image file(s) were skipped")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """``{"ten_crop", "results": [each member's and the ensemble's errors]}``."""
+        rows = [dict(r.__dict__) for r in self.members] + ([dict(self.ensemble.__dict__)] if self.ensemble else [])
+        return {"ten_crop": self.ten_crop, "results": rows}
+
 
 @dataclass
 class Predictions:

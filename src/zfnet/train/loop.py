@@ -85,6 +85,19 @@ class TrainResult:
     best_val_top1_error: float
     metrics: list[dict]
     bad_files: int
+    model: str = ""
+
+    def summary(self) -> str:
+        """What ``zfnet train`` prints at the end."""
+        last = self.metrics[-1] if self.metrics else None
+        if last is None:
+            text = f"nothing to do: {self.run} already finished its epochs"
+        else:
+            text = (f"trained {self.model or 'the model'} for {last['epoch']} epochs: "
+                    f"val top-1 error {100 * last['val_top1_error']:.2f}%, "
+                    f"top-5 {100 * last['val_top5_error']:.2f}% (best top-1 {100 * self.best_val_top1_error:.2f}% "
+                    f"at epoch {self.best_epoch})")
+        return f"{text}\nrun directory: {self.run}"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -360,7 +373,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     bad = len(train_ds.bad_files) + len(val_ds.bad_files)
     if bad:
         log.warning("%d unreadable image file(s) were skipped (named above)", bad)
-    return TrainResult(files.root, len(metrics), int(best["epoch"]), float(best["val_top1_error"]), metrics, bad)
+    return TrainResult(files.root, len(metrics), int(best["epoch"]), float(best["val_top1_error"]), metrics, bad,
+                       config.model)
 
 
 def _validate(model: nn.Module, stream: ImageStream, mean: torch.Tensor, input_size: int,

@@ -23,11 +23,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
-from .checkpoint import LoadedRun, RunFiles, load_run, load_run_config, read_classes, read_weights_metadata
-from .config import TrainConfig
+from .._validate import check_value
+from ..errors import CheckpointError, ZFNetError
+from .checkpoint import (
+    LoadedRun,
+    RunFiles,
+    check_resumable,
+    load_run,
+    load_run_config,
+    read_classes,
+    read_weights_metadata,
+)
+from .config import TrainConfig, load_config_file
 
-__all__ = ["Run", "MAX_METRIC_LINES"]
+__all__ = ["Run", "MAX_METRIC_LINES", "training_config", "FIXED_ON_RESUME"]
+
+FIXED_ON_RESUME = ("model", "model_options", "data", "seed", "layout")
+"""What a resumed run cannot change."""
 
 MAX_METRIC_LINES = 100_000
 """The most lines of a ``metrics.jsonl`` read (one per epoch)."""
@@ -130,3 +142,56 @@ def _short(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "/".join(str(v) for v in value)
     return str(value)
+
+
+def training_config(out: str | Path, *, resume: bool = False, config_file: str | Path | None = None,
+                    options: dict[str, Any] | None = None,
+                    model_options: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration ``zfnet train`` runs with: the defaults, then (with ``resume``) the run's saved
+    configuration, then a TOML/JSON file, then ``options`` (given flags); every value checked, the model's
+    configuration too (not built), before anything is read or written.
+
+    Args:
+        out: the run directory.
+        resume: continue the run in ``out``: its saved options are the base, and its model, model options,
+            data, seed and layout cannot change.
+        config_file: a file of training options.
+        options: training options (``epochs``, ``lr``, ``data`` ...; None values are ignored).
+        model_options: changes to the model's options (``removed``, ``fc``, ``conv345``, ``dropout``).
+
+    Raises:
+        ZFNetError: not resumable, no data folder, a change that resume forbids, or a bad value.
+    """
+    out = Path(out)
+    values: dict[str, Any] = {}
+    saved: dict[str, Any] | None = None
+    files = RunFiles(out)
+    if resume:
+        check_resumable(out)  # a missing folder or one that is not a run: say so, not "--data is required"
+        if files.config.is_file():
+            saved = load_run_config(files.config).to_json()  # every saved option checked by type and range
+            values.update(saved)
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    values.update({k: v for k, v in (options or {}).items() if v is not None})
+    if isinstance(values.get("data"), (str, Path)):
+        # Stored resolved: the run resumes from any working directory, and --data may be given either way.
+        values["data"] = str(Path(values["data"]).expanduser().resolve())
+    merged = dict(check_value(values.get("model_options", {}), dict[str, Any], "model_options",
+                              what="training option"))
+    given = {k: v for k, v in (model_options or {}).items() if v is not None}
+    if isinstance(given.get("conv345"), (list, tuple)) and len(given["conv345"]) != 3:
+        raise ZFNetError(f"--conv-widths takes 3 widths (conv3,conv4,conv5), got {len(given['conv345'])}")
+    merged.update(given)
+    values["model_options"] = merged
+    values["out"] = str(out.expanduser().resolve())
+    if "data" not in values:
+        raise ZFNetError("--data is required (the folder with train/ and val/)")
+    if saved is not None:
+        if isinstance(saved.get("data"), str):
+            saved = {**saved, "data": str(Path(saved["data"]).expanduser().resolve())}
+        for key in FIXED_ON_RESUME:
+            if key in saved and values.get(key) != saved[key]:
+                raise ZFNetError(f"{out} was trained with {key}={saved[key]!r}; --resume cannot change it "
+                                 f"to {values.get(key)!r}")
+    return TrainConfig.from_json(values)
