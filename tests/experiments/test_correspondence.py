@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.nets import VGGStyle
+from helpers.runs import default_init_, synthetic_run
 from PIL import Image
 from torch import nn
 
@@ -16,40 +17,20 @@ from zfnet._io import atomic_write_json
 from zfnet.analysis.correspondence import RANDOM, correspondence
 from zfnet.cli import main
 from zfnet.data.annotations import map_box, read_part_annotations
-from zfnet.data.synthetic import write_synthetic
-from zfnet.data.transforms import base_size, center_crop, load_image, pil_to_tensor, resize_center_crop
+from zfnet.data.transforms import center_crop, load_image, pil_to_tensor, resize_center_crop
 from zfnet.errors import ZFNetError
 from zfnet.experiments.correspondence import Config, Result, default_layer_pair, run
 from zfnet.models import build
 from zfnet.paper import PAPER_TABLE1
-from zfnet.train.checkpoint import LoadedRun, RunFiles, load_run, save_mean, save_weights
+from zfnet.train.checkpoint import LoadedRun, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _default_init_(model: nn.Module) -> nn.Module:
-    for m in model.modules():  # PyTorch's default init: activations far from zero at every layer
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()
-    return model
 
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     """Synthetic data (4 classes, faces among them, 64 px) and a zfnet-tiny run directory written directly."""
-    root = tmp_path_factory.mktemp("analyses")
-    summary = write_synthetic(root / "data", classes=4, per_class=2, val_per_class=4, size=64, progress=False)
-    torch.manual_seed(0)
-    model = _default_init_(build("zfnet-tiny", num_classes=4))
-    run = root / "run"
-    files = RunFiles(run)
-    run.mkdir()
-    save_weights(files.best, model, {"model": "zfnet-tiny", "num_classes": 4, "model_options": {}})
-    base = base_size(64)
-    train = sorted((root / "data" / "train").rglob("*.png"))
-    save_mean(files.mean, torch.stack([load_image(p, base) for p in train]).float().mean(0))
-    atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
-    return root / "data", run
+    return synthetic_run(tmp_path_factory.mktemp("analyses"), classes=4, val_per_class=4)
 
 
 def _png(path: Path) -> Image.Image:
@@ -270,7 +251,7 @@ def test_default_layers_of_the_zoo_are_distinct_layers_before_the_output(family)
 def test_a_model_defined_outside_zfnet(synth_run, tmp_path):
     data, run_dir = synth_run
     zf = load_run(run_dir)
-    outside = LoadedRun(root=tmp_path, model=_default_init_(VGGStyle(num_classes=4)), mean=zf.mean,
+    outside = LoadedRun(root=tmp_path, model=default_init_(VGGStyle(num_classes=4)), mean=zf.mean,
                         classes=zf.classes, class_names=zf.class_names, metadata={"model": "vgg-style"})
     with pytest.raises(ZFNetError, match="VGGStyle has no config.input_size; give input_size"):
         run(Config(data=str(data)), tmp_path, loaded=outside, show_progress=False)

@@ -6,45 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from helpers.nets import VGGStyle
+from helpers.runs import default_init_, synthetic_run
 from PIL import Image
-from torch import nn
 
-from zfnet._io import atomic_write_json
 from zfnet.cli import main
-from zfnet.data.synthetic import write_synthetic
-from zfnet.data.transforms import base_size, load_image
 from zfnet.errors import ZFNetError
 from zfnet.experiments.invariance import Config, Result, run
-from zfnet.models import build
-from zfnet.train.checkpoint import LoadedRun, RunFiles, load_run, save_mean, save_weights
+from zfnet.train.checkpoint import LoadedRun, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _default_init_(model: nn.Module) -> nn.Module:
-    for m in model.modules():  # PyTorch's default init: activations far from zero at every layer
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()
-    return model
 
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     """Synthetic data (4 classes, faces among them, 64 px) and a zfnet-tiny run directory written directly."""
-    root = tmp_path_factory.mktemp("invariance")
-    summary = write_synthetic(root / "data", classes=4, per_class=2, val_per_class=4, size=64, progress=False)
-    torch.manual_seed(0)
-    model = _default_init_(build("zfnet-tiny", num_classes=4))
-    run_dir = root / "run"
-    files = RunFiles(run_dir)
-    run_dir.mkdir()
-    save_weights(files.best, model, {"model": "zfnet-tiny", "num_classes": 4, "model_options": {}})
-    train = sorted((root / "data" / "train").rglob("*.png"))
-    save_mean(files.mean, torch.stack([load_image(p, base_size(64)) for p in train]).float().mean(0))
-    atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
-    return root / "data", run_dir
+    return synthetic_run(tmp_path_factory.mktemp("invariance"), classes=4, val_per_class=4)
 
 
 def invariance_job(run_dir: Path, data: Path, out: Path, **options) -> Result:
@@ -102,7 +79,7 @@ def test_invariance_job_errors(synth_run, tmp_path):
 def test_a_model_defined_outside_zfnet(synth_run, tmp_path):
     data, run_dir = synth_run
     zf = load_run(run_dir)
-    outside = LoadedRun(root=tmp_path, model=_default_init_(VGGStyle(num_classes=4)), mean=zf.mean,
+    outside = LoadedRun(root=tmp_path, model=default_init_(VGGStyle(num_classes=4)), mean=zf.mean,
                         classes=zf.classes, class_names=zf.class_names, metadata={"model": "vgg-style"})
     with pytest.raises(ZFNetError, match="VGGStyle has no config.input_size; give input_size"):
         run(Config(data=str(data)), tmp_path, loaded=outside, show_progress=False)

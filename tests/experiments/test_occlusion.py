@@ -7,18 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import synthetic_run
 from PIL import Image
-from torch import nn
 
-from zfnet._io import atomic_write_json
 from zfnet.analysis.occlusion import occlusion
 from zfnet.cli import main
 from zfnet.data.annotations import map_box
-from zfnet.data.synthetic import write_synthetic
-from zfnet.data.transforms import base_size, center_crop, load_image
+from zfnet.data.transforms import center_crop, load_image
 from zfnet.experiments.occlusion import Config, default_window, pointing_game, run
-from zfnet.models import build
-from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
+from zfnet.train.checkpoint import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,21 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     """Synthetic data (3 classes, 64 px, with boxes) and a zfnet-tiny run directory written directly."""
-    root = tmp_path_factory.mktemp("occlusion")
-    summary = write_synthetic(root / "data", classes=3, per_class=2, val_per_class=3, size=64, progress=False)
-    torch.manual_seed(0)
-    model = build("zfnet-tiny", num_classes=3)
-    for m in model.modules():  # PyTorch's default init: outputs that depend on the input
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()
-    run = root / "run"
-    run.mkdir()
-    files = RunFiles(run)
-    save_weights(files.best, model, {"model": "zfnet-tiny", "num_classes": 3, "model_options": {}})
-    train = sorted((root / "data" / "train").rglob("*.png"))
-    save_mean(files.mean, torch.stack([load_image(p, base_size(64)) for p in train]).float().mean(0))
-    atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
-    return root / "data", run
+    return synthetic_run(tmp_path_factory.mktemp("occlusion"), classes=3, val_per_class=3)
 
 
 def occlusion_job(run_dir, out, *, images=(), n_images=None, pointing=None, **options):

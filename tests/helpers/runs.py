@@ -11,7 +11,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from zfnet._io import atomic_write_json
+from zfnet.data.synthetic import write_synthetic
+from zfnet.data.transforms import base_size, load_image
 from zfnet.models import build
+from zfnet.train.checkpoint import RunFiles, save_mean, save_weights
 
 CLASSES = ["bar", "cross", "disc"]  # make_tree's first three shapes, sorted as open_dataset sorts them
 _WEIGHTS: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
@@ -61,3 +65,30 @@ def png_header_claiming(path: Path, width: int, height: int) -> Path:
     idat = chunk(b"IDAT", zlib.compress(b"\x00" * 64))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b""))
     return path
+
+
+def default_init_(model: torch.nn.Module) -> torch.nn.Module:
+    """PyTorch's default initialisation in place: activations far from zero at every layer (the paper's
+    N(0, 0.01) leaves a random network's outputs nearly independent of its input)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.reset_parameters()
+    return model
+
+
+def synthetic_run(root: Path, *, classes: int, val_per_class: int, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """The synthetic data set (``classes`` classes, 2 training and ``val_per_class`` validation images each,
+    with boxes and parts) and a zfnet-tiny run directory on it, written directly with default-initialised
+    weights and the training images' mean. Returns ``(data folder, run directory)``."""
+    summary = write_synthetic(root / "data", classes=classes, per_class=2, val_per_class=val_per_class, size=size,
+                              progress=False)
+    torch.manual_seed(seed)
+    model = default_init_(build("zfnet-tiny", num_classes=classes))
+    run = root / "run"
+    run.mkdir()
+    files = RunFiles(run)
+    save_weights(files.best, model, {"model": "zfnet-tiny", "num_classes": classes, "model_options": {}})
+    train = sorted((root / "data" / "train").rglob("*.png"))
+    save_mean(files.mean, torch.stack([load_image(p, base_size(size)) for p in train]).float().mean(0))
+    atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
+    return root / "data", run

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from helpers.runs import default_init_
 from helpers.trees import make_tree
 
 from zfnet.models import build
@@ -14,10 +15,7 @@ from zfnet.train.evaluate import average, predict_runs
 
 def _loaded(seed: int, classes: list[str]) -> LoadedRun:
     torch.manual_seed(seed)
-    model = build("zfnet-tiny", num_classes=len(classes)).eval()
-    for m in model.modules():  # PyTorch's default init: outputs that depend on the input
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            m.reset_parameters()
+    model = default_init_(build("zfnet-tiny", num_classes=len(classes)).eval())
     mean = torch.full((3, 73, 73), 120.0)
     return LoadedRun(root=Path(f"run{seed}"), model=model, mean=mean, classes=classes,
                      class_names=classes, metadata={"model": "zfnet-tiny"})
