@@ -220,7 +220,7 @@ def _run(out: Path, config: Config, show_progress: bool) -> Result:
         for run_name, model in plan.models:
             folder = out / "runs" / run_name
             runs[run_name] = folder
-            done = Run(folder).finished_epochs if (folder / "metrics.jsonl").is_file() else 0
+            done = Run(folder).finished_epochs  # 0 for a run not started
             if done >= plan.epochs:
                 log.info("[2/%d] %s already trained (%d epochs)", STAGES, run_name, done)
                 continue

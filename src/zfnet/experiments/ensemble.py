@@ -32,6 +32,7 @@ from ..results import Report, Table, write_results
 from ..train.checkpoint import LoadedRun, RunFiles, read_weights_metadata
 from ..train.distributed import resolve_device
 from ..train.evaluate import Predictions, average, predict_runs
+from ..train.run import architecture_name
 from .base import DEVICE, MAX_BATCH, MAX_WORKERS, Options, option, write_config
 from .base import Result as _Result
 
@@ -121,17 +122,7 @@ def run_architecture(run: str | Path | LoadedRun, weights: str = "best") -> str:
         if not (path.is_file() and path.suffix == ".safetensors"):
             path = RunFiles(path).weights(weights)
         meta = read_weights_metadata(path)  # every key checked by type and range
-    name = str(meta.get("model", "unknown"))
-    options = meta.get("model_options") or {}
-    if options:
-        name += " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())) + ")"
-    return name
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "/".join(str(v) for v in value)
-    return str(value)
+    return architecture_name(meta)
 
 
 def compare_errors(first: Predictions, second: Predictions, *, alternative: str = "less",

@@ -33,7 +33,8 @@ from ..data.loader import ImageStream
 from ..data.transforms import center_crop
 from ..errors import ZFNetError
 from ..progress import progress
-from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run, load_run_config
+from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
+from ..train.run import Run
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.figures import (
     aliasing,
@@ -425,10 +426,10 @@ def _rel(path: Path, out: Path) -> str:
 
 
 def _run_data(run: LoadedRun) -> str:
-    files = RunFiles(run.root)
-    if not files.config.is_file():
+    config = Run(run.root).config
+    if config is None:
         raise ValueError(f"no data given and {run.root} has no config.json naming its data")
-    return load_run_config(files.config).data
+    return config.data
 
 
 def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | LoadedRun, out: str | Path, *,

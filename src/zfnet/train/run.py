@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, load_config_file
 
-__all__ = ["Run", "MAX_METRIC_LINES", "training_config", "FIXED_ON_RESUME"]
+__all__ = ["Run", "MAX_METRIC_LINES", "training_config", "architecture_name", "FIXED_ON_RESUME"]
 
 FIXED_ON_RESUME = ("model", "model_options", "data", "seed", "layout")
 """What a resumed run cannot change."""
@@ -124,18 +124,22 @@ class Run:
     @property
     def architecture(self) -> str:
         """Its model's name with any options: ``zfnet-cpu`` or ``zfnet (removed=fc6/fc7)``."""
-        meta = self.model_info("best" if self.files.best.is_file() else "last")
-        name = str(meta.get("model", "unknown"))
-        options = meta.get("model_options") or {}
-        if options:
-            name += " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())) + ")"
-        return name
+        return architecture_name(self.model_info("best" if self.files.best.is_file() else "last"))
 
     def model(self, weights: str = "best") -> LoadedRun:
         """Its model with ``weights`` (``best``, ``last`` or ``epoch-N``) and its preprocessing, loaded once."""
         if weights not in self._loaded:
             self._loaded[weights] = load_run(self.root, weights)
         return self._loaded[weights]
+
+
+def architecture_name(metadata: dict[str, Any]) -> str:
+    """A model's name with any options, from a weights file's metadata: ``zfnet (removed=fc6/fc7)``."""
+    name = str(metadata.get("model", "unknown"))
+    options = metadata.get("model_options") or {}
+    if options:
+        name += " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())) + ")"
+    return name
 
 
 def _short(value: Any) -> str:
