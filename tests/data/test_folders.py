@@ -155,3 +155,22 @@ def test_mean_image_is_the_pixelwise_mean(tiny_tree):
     stream = ImageStream(ds, workers=0, show_progress=False)
     expected = torch.stack([load_image(p, 24) for p, _ in ds.samples]).double().mean(0)
     assert torch.allclose(mean_image(stream, show_progress=False).double(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_chunks_keep_each_chunk_together_around_unreadable_files(tmp_path, cache):
+    root = make_tree(tmp_path / "d", classes=2, per_class=4, val_per_class=2)
+    (root / "train" / "bar" / "001x.png").write_text("this is not an image")  # sorts second in bar/
+    ds = open_dataset(root, "train", 32)
+    bad = [i for i, (p, _) in enumerate(ds.samples) if p.name == "001x.png"][0]
+    stream = ImageStream(ds, workers=0, cache=cache, show_progress=False)
+    chunks = [list(range(i, min(i + 3, len(ds)))) for i in range(0, len(ds), 3)]
+    got = list(stream.chunks(chunks))
+    assert len(got) == len(chunks)  # one batch per chunk, also the one holding the bad file
+    for chunk, batch in zip(chunks, got):
+        assert batch.indices.tolist() == [i for i in chunk if i != bad]
+        assert len(batch.images) == len(batch.indices)
+        assert [p for p, _ in batch.bad] == (["train/bar/001x.png"] if bad in chunk else [])
+    # a later chunk alone gives the same batch as in the whole pass (a resumed or sharded pass)
+    again = list(stream.chunks(chunks[2:3]))[0]
+    assert torch.equal(again.images, got[2].images) and torch.equal(again.indices, got[2].indices)

@@ -83,6 +83,30 @@ class ImageStream:
     def bad_files(self) -> dict[str, str]:
         return self.dataset.bad_files
 
+    def chunks(self, chunks: Sequence[Sequence[int]]) -> Iterator[Batch]:
+        """One batch per chunk of data set indices, in that order, each without its unreadable files.
+
+        Unlike :meth:`batches`, an unreadable image never moves another into a different batch: a
+        chunk's images are always computed together, whichever process or resumed session reads it
+        (so a sharded or resumed pass gives exactly the batches of an uninterrupted one). A chunk
+        whose every file is unreadable yields an empty batch, so that each chunk yields one.
+        """
+        chunks = [list(c) for c in chunks]
+        if self.cached:
+            assert self.images is not None and self.valid is not None
+            labels = torch.as_tensor(self.dataset.targets, dtype=torch.long)
+            for chunk in chunks:
+                part = torch.as_tensor(chunk, dtype=torch.long)
+                part = part[self.valid[part]] if len(part) else part
+                bad = [(path, self.dataset.bad_files.get(path, "could not be read"))
+                       for path in (self.dataset.display_path(self.dataset.samples[i][0])
+                                    for i in chunk if not bool(self.valid[i]))]
+                yield Batch(self.images[part], labels[part], part, bad)
+            return
+        for batch in self._loader(chunks):
+            self.dataset.note_bad(batch.bad)
+            yield batch
+
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         """Batches of the images at ``indices``, in that order; unreadable files are left out."""
         indices = list(indices)
