@@ -22,7 +22,7 @@ LAYERS = {
     "zfnet.models": 1,
     "zfnet.data": 2,
     "zfnet.train": 3,
-    "zfnet.graph": 4,
+    "zfnet.graph": 4, "zfnet.scan": 4,
     "zfnet.visualize": 5, "zfnet.analysis": 5, "zfnet.report": 5,
     "zfnet.experiments": 6,
     "zfnet.cli": 7, "zfnet.__main__": 7,

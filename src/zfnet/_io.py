@@ -25,12 +25,14 @@ from pathlib import Path
 from .errors import FolderInUse, ZFNetError
 
 __all__ = [
-    "atomic_write", "atomic_write_text", "atomic_write_json", "TEMP_PREFIX", "LOCK_NAME", "is_zfnet_internal",
-    "folder_entries", "remove_temp_files", "temp_path", "folder_lock",
+    "atomic_write", "atomic_write_text", "atomic_write_json", "TEMP_PREFIX", "LOCK_NAME", "STATE_PREFIX",
+    "is_zfnet_internal", "folder_entries", "remove_temp_files", "temp_path", "folder_lock",
 ]
 
 TEMP_PREFIX = ".zfnet-tmp-"
 LOCK_NAME = ".zfnet.lock"
+STATE_PREFIX = ".zfnet-state-"
+"""The running state of a long pass (:mod:`zfnet.scan`), kept across a kill: never a temporary file."""
 
 
 def temp_path(path: str | Path) -> Path:
@@ -41,7 +43,7 @@ def temp_path(path: str | Path) -> Path:
 
 def is_zfnet_internal(name: str) -> bool:
     """Whether a folder entry's name is zfnet's machinery (its lock file or a temporary file)."""
-    return name == LOCK_NAME or name.startswith(TEMP_PREFIX)
+    return name == LOCK_NAME or name.startswith((TEMP_PREFIX, STATE_PREFIX))
 
 
 def folder_entries(folder: str | Path) -> list[Path]:

@@ -33,7 +33,7 @@ from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
 from .report import build_report
 from .train import TrainConfig, evaluate_runs, train
-from .train.distributed import resolve_device
+from .train.distributed import left_process_group, resolve_device
 from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS, load_run_or_model
 from .train.run import training_config
 
@@ -548,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     follower = os.environ.get("RANK", "0").strip() not in ("", "0")
     _setup_logging(getattr(args, "quiet", False) or follower)
     try:
-        folder = _output_folder(args)
+        folder = None if follower else _output_folder(args)  # rank 0 holds the folder for the whole job
         with (folder_lock(folder) if folder is not None else nullcontext()), \
-                (redirect_stdout(io.StringIO()) if follower else nullcontext()):
+                (redirect_stdout(io.StringIO()) if follower else nullcontext()), left_process_group():
             return _COMMANDS[args.command](args)
     except (ZFNetError, ValueError, OSError) as err:
         # Bad input (ZFNetError and the ValueErrors of argument checks) and file-system refusals

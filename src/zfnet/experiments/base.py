@@ -42,7 +42,7 @@ from .. import __version__
 from .._io import atomic_write_json
 from .._validate import MAX_ITEMS, Limits, check_fields, from_mapping, limits
 from ..train.config import load_config_file
-from ..train.distributed import resolve_device
+from ..train.distributed import DistContext, resolve_device, setup
 from ..train.external import load_run_or_model
 
 __all__ = ["option", "Options", "ModelSource", "Result", "write_config", "read_config_file", "hints", "HELP", "CLI",
@@ -168,8 +168,13 @@ class ModelSource(Options):
         return loaded
 
     def resolved_device(self):
-        """``device`` as a :class:`torch.device` (``auto``: CUDA where there is one)."""
+        """``device`` as a :class:`torch.device` (``auto``: CUDA where there is one; under ``torchrun``,
+        this process's GPU)."""
         return resolve_device(self.device)
+
+    def context(self) -> DistContext:
+        """This process's place in a ``torchrun`` job (joining its process group), or a one-process context."""
+        return setup(self.device)
 
 
 @dataclass

@@ -19,7 +19,7 @@ layer-2 features, with the fraction of dead layer-1 filters and their aliasing (
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,11 @@ from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import center_crop
 from ..errors import ZFNetError
+from ..graph import eval_mode, model_like, trace
 from ..progress import progress
+from ..scan import Scan, Sums, gather_tensor, model_fingerprint
 from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
+from ..train.distributed import DistContext
 from ..train.run import Run
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.figures import (
@@ -50,7 +53,14 @@ from ..visualize.figures import (
 )
 from ..visualize.layers import PAPER_LAYERS, default_layers, traced_deconvnet
 from ..visualize.receptive_field import crop_windows, receptive_fields
-from ..visualize.topk import TopK, project_top_activations, top_activations
+from ..visualize.topk import (
+    RunningTopK,
+    TopK,
+    layer_outputs,
+    project_top_activations,
+    resolve_layers,
+    top_activations,
+)
 from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, ModelSource, option, write_config
 from .base import Result as _Result
 
@@ -128,11 +138,12 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     Example:
         >>> run(Config(run="runs/zfnet", data="data/synth", maps=16), "runs/zfnet/figures")  # doctest: +SKIP
     """
+    ctx = config.context()
     loaded = loaded if loaded is not None else config.load(data=config.data, split=config.split)
     out = Path(out)
     architectures = None
     try:
-        if config.compare is not None:
+        if config.compare is not None and ctx.is_main:
             other = config.compare if isinstance(config.compare, LoadedRun) else load_run(
                 config.compare, "best" if config.model else config.weights or "best")
             other.model.to(next(loaded.model.parameters()).device)
@@ -144,10 +155,12 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         index = _visualize(loaded, config.data, layers=config.layers, k=config.k, maps=maps, split=config.split,
                               out=out, seed=config.seed, max_images=config.max_images,
                               evolution_maps=config.evolution_maps, evolution_images=config.evolution_images,
-                              batch_size=config.batch_size, show_progress=show_progress)
+                              batch_size=config.batch_size, show_progress=show_progress, ctx=ctx)
     except ValueError as err:  # an unknown layer, a map out of range: the user's to fix
         raise ZFNetError(str(err)) from None
-    files = {"index": out / "index.json", "config": write_config(out, NAME, config, layers=list(index["layers"]))}
+    files = {"index": out / "index.json", "config": out / f"{NAME}.config.json"}
+    if ctx.is_main:
+        write_config(out, NAME, config, layers=list(index["layers"]))
     if architectures is not None:
         index = {**index, "architectures": architectures}
         files["architectures"] = out / "architectures.json"
@@ -155,7 +168,7 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
 
 
 class _Images:
-    """The images of one pass: data set indices in iteration order, uint8 pixels, model inputs."""
+    """The images of one search: the requested data set indices, uint8 pixels, model inputs."""
 
     def __init__(self, run: LoadedRun, data: str | Path, split: str, *, max_images: int | None, seed: int,
                  batch_size: int, show_progress: bool) -> None:
@@ -171,7 +184,7 @@ class _Images:
                 g = torch.Generator().manual_seed(seed)
                 indices = sorted(torch.randperm(len(ds), generator=g)[:max_images].tolist())
         self.requested = indices
-        self.order: list[int] = []  # data set index of each image in iteration order
+        self.read = 0  # readable images among them, once searched
         self.normalize, self.size, self.batch_size = run.normalization, run.input_size, batch_size
         self.dataset_size = len(ds)
         self.dataset = ds
@@ -184,23 +197,63 @@ class _Images:
         """uint8 (B, 3, S, S) -> model input: normalised, centre crop."""
         return center_crop(self.normalize(pixels), self.size)
 
-    def pass_once(self, show_progress: bool) -> Iterator[torch.Tensor]:
-        """Model inputs of every image, recording their data set indices."""
-        self.order = []
-        bar = progress(total=len(self.requested), desc="top activations", unit="img", enabled=show_progress)
-        with bar:
-            for batch in self.stream.batches(self.requested, self.batch_size):
-                self.order.extend(batch.indices.tolist())
-                bar.update(len(batch.indices))
-                yield self.inputs(batch.images)
+    def search(self, model: nn.Module, layers: Sequence[str], k: int, *, ctx: DistContext | None = None,
+               state_dir: Path | None = None, fingerprint: Any = None,
+               show_progress: bool = True) -> dict[str, TopK]:
+        """The top-k of every map of ``layers`` over the requested images, image ids being data set indices.
 
-    def pixels(self, order_index: Sequence[int]) -> torch.Tensor:
-        """The uint8 pixels (base size, uncropped) of images by iteration-order index. (N, 3, S, S)."""
-        want = [self.order[i] for i in order_index]
+        Sharded over the ranks of a ``torchrun`` job and saved as it goes into ``state_dir``
+        (:class:`zfnet.scan.Scan`); the result is every rank's, the same as one process's.
+        """
+        graph = trace(model)
+        names = resolve_layers(graph, layers)
+        like = model_like(model)
+        running = [RunningTopK(name, k) for name in names]
+        count = Sums(images=0.0)
+        scan = Scan(self.requested, self.batch_size, ctx=ctx, state_dir=state_dir, name="top-activations",
+                    fingerprint=[fingerprint, names, k, self.size, [str(p) for p, _ in self.dataset.samples]])
+
+        def consume(batch, positions: torch.Tensor) -> None:
+            x = self.inputs(batch.images)
+            if like is not None:
+                x = x.to(device=like.device, dtype=like.dtype)
+            outputs = layer_outputs(graph, x, names)
+            for top in running:
+                top.update(outputs[top.name], ids=positions)
+            count.add(images=len(positions))
+
+        with eval_mode(model), torch.no_grad():
+            scan.run(self.stream, consume, [*running, count], show_progress=show_progress,
+                     desc="top activations")
+        self.read = int(count.totals["images"])
+        self._scan = scan
+        if self.read == 0:
+            raise ValueError("none of the images could be read")
+        requested = torch.tensor(self.requested, dtype=torch.long)
+        result = {}
+        for top in running:
+            found = top.result()  # image ids: positions in the requested list
+            ids = torch.where(found.image_index >= 0, requested[found.image_index.clamp(min=0)], -1)
+            result[top.name] = TopK(found.layer, found.values, ids, found.position)
+        return result
+
+    def clear_state(self) -> None:
+        """Remove the saved state of the search (its results are written)."""
+        scan = getattr(self, "_scan", None)
+        if scan is not None:
+            scan.clear()
+
+    def pixels(self, ids: Sequence[int], *, readable_only: bool = False) -> torch.Tensor:
+        """The uint8 pixels (base size, uncropped) of images by data set index. (N, 3, S, S).
+
+        ``readable_only``: leave out the images that cannot be read (else they are an error)."""
+        want = [int(i) for i in ids]
         got: dict[int, torch.Tensor] = {}
         for batch in self.stream.batches(sorted(set(want)), self.batch_size):
             for i, img in zip(batch.indices.tolist(), batch.images):
                 got[i] = img
+        if readable_only:
+            want = [i for i in want if i in got]
         return torch.stack([got[i] for i in want])
 
 
@@ -244,7 +297,7 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 
 
 def _inputs_of(images: _Images, tops: Sequence[TopK], maps: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
-    """Model inputs of every image (by iteration-order index) in the top-k of the given maps, fetched once."""
+    """Model inputs of every image (by data set index) in the top-k of the given maps, fetched once."""
     needed = sorted({i for t, m in zip(tops, maps) for i in t.image_index[list(m)].flatten().tolist() if i >= 0})
     if not needed:
         return {}
@@ -255,7 +308,7 @@ def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs
                            maps: list[int], chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Projections (cut to the receptive field) and uint8 patches of the top-k of ``maps``.
 
-    ``inputs`` maps iteration-order indices to model inputs (C, H, W). Maps are projected ``chunk`` at a
+    ``inputs`` maps data set indices to model inputs (C, H, W). Maps are projected ``chunk`` at a
     time, so only that many whole-image projections are held at once.
     Shape: (M, k, 3, h, w) each.
     """
@@ -283,7 +336,7 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
                   maps: int | Sequence[int] | None = None, split: str = "val", out: str | Path,
                   weights: str = "best", seed: int = 0, max_images: int | None = None,
                   evolution_maps: int = 8, evolution_images: int = 256, batch_size: int = 32,
-                  show_progress: bool = True) -> dict[str, Any]:
+                  show_progress: bool = True, ctx: DistContext | None = None) -> dict[str, Any]:
     """Write Fig. 2 per layer, the layer-1 filters, Fig. 4 per layer and ``index.json`` for a run.
 
     Args:
@@ -324,25 +377,33 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
     layers = _check_layers(deconv, default_layers(model, loaded.input_size, deconv) if layers is None else layers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ctx = ctx or DistContext()
     images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
-                     show_progress=show_progress)
-    top = top_activations(model, images.pass_once(show_progress), layers, k=k)
-    n = len(images.order)
+                     show_progress=show_progress and ctx.is_main)
+    top = images.search(model, layers, k, ctx=ctx, state_dir=out, show_progress=show_progress,
+                        fingerprint=[model_fingerprint(model), model_fingerprint(loaded.mean)])
 
     shown = {layer: _shown_maps(top[layer].values.shape[0], maps, seed, layer) for layer in layers}
-    inputs = _inputs_of(images, [top[layer] for layer in layers], [shown[layer] for layer in layers])
+    # Each rank projects its share of every layer's maps; rank 0 gathers them and writes.
+    mine = {layer: shown[layer][ctx.rank::ctx.world_size] for layer in layers}
+    inputs = _inputs_of(images, [top[layer] for layer in layers], [mine[layer] for layer in layers])
 
-    index: dict[str, Any] = {"run": str(loaded.root), "weights": loaded.weights, "split": split, "images": n,
-                             "k": k, "layers": {}, "figures": {}}
-    for layer in progress(layers, desc="projections", unit="it", enabled=show_progress):
+    index: dict[str, Any] = {"run": str(loaded.root), "weights": loaded.weights, "split": split,
+                             "images": images.read, "k": k, "layers": {}, "figures": {}}
+    for layer in progress(layers, desc="projections", unit="it", enabled=show_progress and ctx.is_main):
         t, chosen = top[layer], shown[layer]
-        projections, patches = _projections_in_window(deconv, t, images, inputs, chosen)
+        projections, patches = _projections_in_window(deconv, t, images, inputs, mine[layer])
+        if ctx.distributed:
+            projections, patches = (_by_map(gather_tensor(ctx, part), len(chosen), ctx.world_size)
+                                    for part in (projections, patches))
+        if not ctx.is_main:
+            continue
         png = draw_top_projections(projections, patches, chosen, out / f"top{k}-{_stem(layer)}.png", layer=layer)
         index["figures"][f"top{k}-{layer}"] = png.name
         entries = {}
         for i, c in enumerate(chosen):
             valid = t.image_index[c] >= 0
-            ids = [images.order[j] for j in t.image_index[c][valid].tolist()]
+            ids = t.image_index[c][valid].tolist()
             # Per map, the two grids of the layer figure as images of their own (the report's map pages).
             proj_tile, patch_tile = map_tiles(projections[i], patches[i])
             tile = out / "maps" / f"{_stem(layer)}-{c}"
@@ -356,7 +417,18 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
                 "patches_png": _rel(save_image(patch_tile, tile.with_name(tile.name + "-patches.png")), out),
             }
         index["layers"][layer] = entries
+    if ctx.is_main:  # rank 0 alone writes
+        _write_rest(index, loaded, model, images, layers, shown, out, evolution_maps=evolution_maps,
+                    evolution_images=evolution_images, seed=seed, show_progress=show_progress)
+    ctx.barrier()  # index.json is written: every rank's saved search has served
+    images.clear_state()
+    return index
 
+
+def _write_rest(index: dict[str, Any], loaded: LoadedRun, model: nn.Module, images: _Images, layers: list[str],
+                shown: dict[str, list[int]], out: Path, *, evolution_maps: int, evolution_images: int, seed: int,
+                show_progress: bool) -> None:
+    """The layer-1 filters, Fig. 4 over the run's snapshots, and ``index.json``."""
     conv1 = _first_conv(model)
     index["figures"]["filters-conv1"] = draw_filters(conv1.weight, out / "filters-conv1.png",
                                                      title=f"{_model_name(loaded)} layer-1 filters").name
@@ -371,7 +443,14 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
                 index["layers"][layer][str(c)]["evolution_png"] = name
     index["snapshots"] = epochs
     atomic_write_json(out / "index.json", index)
-    return index
+
+
+def _by_map(parts: list[torch.Tensor], n_maps: int, world: int) -> torch.Tensor:
+    """Rank ``r`` computed maps ``r, r + world, ...``: put every rank's rows back in the maps' order."""
+    out = torch.empty((n_maps, *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for rank, part in enumerate(parts):
+        out[rank::world] = part
+    return out
 
 
 def _model_name(run: LoadedRun) -> str:
@@ -386,10 +465,10 @@ def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dic
     Each projection is cut to the receptive field of its activation. Returns the layer figures and,
     per layer and map, a one-row strip of its projections across the snapshots.
     """
-    n = len(images.order)
     g = torch.Generator().manual_seed(seed)
+    n = len(images.requested)
     subset = sorted(torch.randperm(n, generator=g)[:max(1, evolution_images)].tolist())
-    x = images.inputs(images.pixels(subset))
+    x = images.inputs(images.pixels([images.requested[i] for i in subset], readable_only=True))
     maps = {layer: shown[layer][:max(1, evolution_maps)] for layer in layers}
     per_layer: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     files = RunFiles(loaded.root)
@@ -465,7 +544,7 @@ def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | Loa
         _check_layers(deconv, [layer2])
         images = _Images(loaded, data if data is not None else _run_data(loaded), split, max_images=max_images,
                          seed=seed, batch_size=batch_size, show_progress=show_progress)
-        top = top_activations(model, images.pass_once(show_progress), layer2, k=1)[layer2]
+        top = images.search(model, [layer2], 1, show_progress=show_progress)[layer2]
         chosen = _shown_maps(top.values.shape[0], maps, seed, layer2)
         inputs = _inputs_of(images, [top], [chosen])
         proj = project_top_activations(deconv, top, inputs.__getitem__, channels=chosen).projections[:, 0]
@@ -481,7 +560,7 @@ def compare_architectures(run_a: str | Path | LoadedRun, run_b: str | Path | Loa
         ids = top.image_index[chosen, 0].tolist()
         rows.append({"run": str(loaded.root), "model": name, "dead_fraction": dead, "aliasing": alias,
                      "conv1_stride": list(stride), "maps": chosen,
-                     "image_ids": [images.order[i] if i >= 0 else -1 for i in ids]})
+                     "image_ids": ids})
     png = draw_architecture_comparison(panels, out / "architectures.png")
     result = {
         "runs": rows, "png": png.name, "layer2": layer2,

@@ -4,17 +4,23 @@
 :func:`setup` then joins the process group (NCCL on CUDA, gloo on CPU) and picks this process's
 device. Only rank 0 writes files (and holds the run folder's lock). Without those variables everything
 runs in one process.
+
+Collectives time out after ``ZFNET_DIST_TIMEOUT`` seconds (default 1800): a process whose peer died or
+hangs stops with an error instead of waiting for ever.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "teardown", "resolve_device"]
+__all__ = ["DistContext", "setup", "teardown", "resolve_device", "collective_timeout", "left_process_group"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,25 @@ class DistContext:
         return bool(self.all_reduce_sum(torch.tensor([float(bool(flag))]))[0] > 0)
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+def collective_timeout() -> timedelta:
+    """How long a collective waits for the other processes: ``ZFNET_DIST_TIMEOUT`` seconds, else 1800."""
+    raw = os.environ.get("ZFNET_DIST_TIMEOUT", "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"ZFNET_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"ZFNET_DIST_TIMEOUT must be positive, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; ``"cuda"`` without a GPU is an error.
+
+    ``"cuda"`` is GPU ``local_rank`` (default: ``LOCAL_RANK`` under ``torchrun``, else 0).
+    """
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -78,7 +101,7 @@ def setup(device: str = "auto") -> DistContext:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -86,3 +109,13 @@ def teardown(ctx: DistContext) -> None:
     """Leave the process group, if one was joined."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def left_process_group() -> Iterator[None]:
+    """Leave any process group joined inside the block when it ends (a command's whole run), even on an error."""
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -20,7 +20,7 @@ from ..graph import Graph, Window, crop, eval_mode, model_like, trace
 from .deconvnet import KEEP_MODES, Deconvnet
 from .receptive_field import receptive_fields
 
-__all__ = ["TopK", "TopKProjections", "top_activations", "project_top_activations", "resolve_layers",
+__all__ = ["TopK", "TopKProjections", "RunningTopK", "top_activations", "project_top_activations", "resolve_layers",
            "layer_outputs"]
 
 
@@ -69,11 +69,20 @@ class TopKProjections:
     boxes: torch.Tensor
 
 
-class _RunningTopK:
+class RunningTopK:
     """A layer's running top-k: per map, the k largest per-image maxima seen so far.
 
-    Each entry carries one int64 key, ``image index * H * W + flat position``, so a merge is one
-    sort and two gathers, and a batch none of whose maxima beats a map's k-th value is skipped.
+    Each entry carries one int64 key, ``image id * H * W + flat position``, so a merge is one
+    sort and two gathers, and a batch none of whose maxima beats a map's k-th value is skipped. It is
+    an accumulator of :class:`zfnet.scan.Scan`: its :meth:`state` is saved and gathered, and
+    :meth:`combine` re-ranks the states of several disjoint passes into exactly the top-k of one pass
+    over all their images (at equal values the smaller image id first, as in one pass in id order).
+
+    Example:
+        >>> top = RunningTopK("conv1", k=2)
+        >>> top.update(torch.tensor([[[[1.0, 3.0]]], [[[2.0, 0.0]]]]), ids=torch.tensor([10, 11]))
+        >>> top.result().image_index.tolist(), top.result().position.tolist()
+        ([[10, 11]], [[[0, 1], [0, 0]]])
     """
 
     def __init__(self, name: str, k: int) -> None:
@@ -83,18 +92,20 @@ class _RunningTopK:
         self.width = 1  # map width and area, to decode keys
         self.area = 1
 
-    def update(self, out: torch.Tensor, first: int) -> None:
+    def update(self, out: torch.Tensor, first: int = 0, *, ids: torch.Tensor | None = None) -> None:
+        """Take one batch of the layer's outputs (B, C, H, W) or (B, C), its images numbered ``first``,
+        ``first + 1`` ... (or ``ids``: (B,) int64, increasing along the pass)."""
         # The bookkeeping is a handful of small reductions, sorts and gathers per batch, whose cost
         # on a CPU is mostly the synchronisation of the intra-op threads (10x the work itself on a
         # busy 2-core machine); one thread does them faster. The model's layers still use them all.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            self._update(out, first)
+            self._update(out, first, ids)
         finally:
             torch.set_num_threads(threads)
 
-    def _update(self, out: torch.Tensor, first: int) -> None:
+    def _update(self, out: torch.Tensor, first: int, ids: torch.Tensor | None) -> None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{self.name} returns a {type(out).__name__}; top_activations needs a tensor")
         out = out.detach()
@@ -111,7 +122,9 @@ class _RunningTopK:
         enters = best > self.values[:, -1]
         if not bool(enters.any()):
             return
-        keys = torch.arange(first, first + b, device=best.device)[:, None].expand(b, c)
+        image = torch.arange(first, first + b, device=best.device) if ids is None else \
+            ids.to(device=best.device, dtype=torch.long)
+        keys = image[:, None].expand(b, c)
         if out.dim() == 4:
             h, w = out.shape[2:]
             if bool((self.keys >= 0).any()) and (w, h * w) != (self.width, self.area):
@@ -132,6 +145,43 @@ class _RunningTopK:
         self.values = values.gather(1, order)
         self.keys = torch.cat((self.keys, keys.t()), dim=1).gather(1, order)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """``values`` (C, k), ``keys`` (C, k) and ``geometry`` (width, area); ``{}`` before any image."""
+        if self.values is None:
+            return {}
+        return {"values": self.values.cpu(), "keys": self.keys.cpu(),
+                "geometry": torch.tensor([self.width, self.area], dtype=torch.long)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state`'s output (checked: shapes, dtypes, key range)."""
+        if not state:
+            self.values = self.keys = None
+            return
+        values, keys, geometry = _checked_state(self.name, self.k, state)
+        self.values, self.keys = values, keys
+        self.width, self.area = int(geometry[0]), int(geometry[1])
+
+    def combine(self, states) -> None:
+        """Become the top-k of the union of several disjoint passes' states (this one's among them)."""
+        states = [_checked_state(self.name, self.k, s) for s in states if s]
+        if not states:
+            self.values = self.keys = None
+            return
+        geometry = {tuple(int(g) for g in s[2]) for s in states if bool((s[1] >= 0).any())}
+        if len(geometry) > 1:
+            raise ValueError(f"{self.name}'s maps had different sizes in different passes")
+        shapes = {tuple(s[0].shape) for s in states}
+        if len(shapes) > 1:
+            raise ValueError(f"{self.name} has a different number of maps in different passes")
+        values = torch.cat([s[0] for s in states], dim=1)
+        keys = torch.cat([s[1] for s in states], dim=1)
+        # The order of one pass in id order: by value, descending; at equal values, by image id.
+        by_key = torch.sort(keys, dim=1, stable=True).indices
+        values, keys = values.gather(1, by_key), keys.gather(1, by_key)
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.values, self.keys = values.gather(1, order), keys.gather(1, order)
+        self.width, self.area = next(iter(geometry)) if geometry else (1, 1)
+
     def result(self) -> TopK:
         valid = self.keys >= 0
         index = torch.where(valid, self.keys // self.area, -1)
@@ -139,6 +189,21 @@ class _RunningTopK:
         position = torch.stack((flat // self.width, flat % self.width), dim=-1)
         position = position.masked_fill(~valid[..., None], -1)
         return TopK(self.name, self.values, index, position)
+
+
+def _checked_state(name: str, k: int, state: dict[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if set(state) != {"values", "keys", "geometry"}:
+        raise ValueError(f"{name}: a top-k state holds values, keys and geometry, not {sorted(state)}")
+    values, keys, geometry = state["values"], state["keys"], state["geometry"]
+    if values.dim() != 2 or values.shape[1] != k or not values.is_floating_point():
+        raise ValueError(f"{name}: top-k values of shape {tuple(values.shape)}, not (C, {k}) floats")
+    if keys.shape != values.shape or keys.dtype != torch.long or bool((keys < -1).any()):
+        raise ValueError(f"{name}: top-k keys that do not match the values")
+    if geometry.shape != (2,) or geometry.dtype != torch.long or int(geometry[0]) < 1 or \
+            int(geometry[1]) < int(geometry[0]):
+        raise ValueError(f"{name}: a top-k geometry that is not (width, area)")
+    return values, keys, geometry
 
 
 def _images_of(batch: object) -> torch.Tensor:
@@ -217,7 +282,7 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
         raise ValueError(f"k must be a positive int, got {k!r}")
     graph = model if isinstance(model, Graph) else trace(model)
     names = resolve_layers(graph, layers)
-    running = {name: _RunningTopK(name, k) for name in names}
+    running = {name: RunningTopK(name, k) for name in names}
     like = model_like(graph.model)
     seen = 0
     with eval_mode(graph.model), torch.no_grad():
