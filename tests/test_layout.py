@@ -18,11 +18,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "zfnet"
 
 LAYERS = {
     "zfnet.errors": 0, "zfnet._io": 0, "zfnet._validate": 0, "zfnet.progress": 0, "zfnet.results": 0,
-    "zfnet.paper": 0,
+    "zfnet.paper": 0, "zfnet.cores": 0,
     "zfnet.models": 1,
     "zfnet.data": 2,
-    "zfnet.train": 3,
-    "zfnet.graph": 4, "zfnet.scan": 4,
+    "zfnet.train": 3, "zfnet.scan": 3,
+    "zfnet.graph": 4,
     "zfnet.visualize": 5, "zfnet.analysis": 5, "zfnet.report": 5,
     "zfnet.experiments": 6,
     "zfnet.cli": 7, "zfnet.__main__": 7,

@@ -16,7 +16,6 @@ import dataclasses
 import io
 import logging
 import math
-import os
 import sys
 import typing
 from pathlib import Path
@@ -33,7 +32,7 @@ from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
 from .report import build_report
 from .train import TrainConfig, evaluate_runs, train
-from .train.distributed import left_process_group, resolve_device
+from .train.distributed import is_main_process, left_process_group, resolve_device
 from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS, load_run_or_model
 from .train.run import training_config
 
@@ -501,7 +500,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                            layout=args.layout, workers=args.workers,
                            batch_size=args.batch_size, device=resolve_device(args.device))
     print(report.summary())
-    if args.json is not None:
+    if args.json is not None and is_main_process():  # under torchrun, rank 0 writes
         atomic_write_json(args.json, report.to_json())
         print(f"results written to {args.json}")
     return 0
@@ -545,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Under torchrun, rank 0 alone speaks: the other ranks log warnings only and print nothing to stdout.
-    follower = os.environ.get("RANK", "0").strip() not in ("", "0")
+    follower = not is_main_process()
     _setup_logging(getattr(args, "quiet", False) or follower)
     try:
         folder = None if follower else _output_folder(args)  # rank 0 holds the folder for the whole job

@@ -20,7 +20,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "teardown", "resolve_device", "collective_timeout", "left_process_group"]
+__all__ = ["DistContext", "setup", "teardown", "resolve_device", "collective_timeout", "left_process_group",
+           "is_main_process"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class DistContext:
         if not self.distributed:
             return bool(flag)
         return bool(self.all_reduce_sum(torch.tensor([float(bool(flag))]))[0] > 0)
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job, or runs alone (the one that writes files)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def collective_timeout() -> timedelta:

@@ -18,8 +18,9 @@ from ..data.loader import ImageStream
 from ..data.transforms import Normalization, center_crop, ten_crops
 from ..errors import ZFNetError
 from ..models.speed import prepare_for_speed
-from ..progress import progress
+from ..scan import Rows, Scan
 from .checkpoint import LoadedRun, load_run
+from .distributed import DistContext, setup
 
 __all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "Predictions", "average", "predict_runs",
            "evaluate_runs"]
@@ -50,41 +51,45 @@ def predict(model: nn.Module, stream: ImageStream, normalization: Normalization,
 
 def _predict(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
              ten_crop: bool, batch_size: int, indices, channels_last: bool, show_progress: bool,
-             desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """:func:`predict`, and with ten crops also the centre crop's outputs (the fifth crop), at no extra cost."""
+             desc: str, ctx: DistContext | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`predict`, and with ten crops also the centre crop's outputs (the fifth crop), at no extra cost.
+
+    Under ``torchrun`` (``ctx``) each rank computes its share of the batches (:class:`zfnet.scan.Scan`)
+    and every rank returns all the outputs, in the order one process gives.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     normalize = normalization.to(device)
     order = range(len(stream)) if indices is None else indices
-    probs, labels, kept, centres = [], [], [], []
-    bar = progress(total=len(order), desc=desc, unit="img", enabled=show_progress)
+    rows = Rows()
+
+    def consume(batch, positions: torch.Tensor) -> None:
+        x = normalize(batch.images.to(device, non_blocking=True))
+        if ten_crop:
+            crops = ten_crops(x, input_size)                      # (B, 10, 3, s, s)
+            b = crops.shape[0]
+            flat = crops.reshape(b * 10, *crops.shape[2:])
+            if channels_last:
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            each = model(flat).float().softmax(-1).reshape(b, 10, -1)
+            # ten_crops' fifth crop is the centre crop
+            rows.add(positions, probs=each.mean(1), centre=each[:, 4], labels=batch.labels, indices=batch.indices)
+        else:
+            crop = center_crop(x, input_size).contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            rows.add(positions, probs=model(crop).float().softmax(-1), labels=batch.labels, indices=batch.indices)
+
     try:
-        with bar:
-            for batch in stream.batches(order, batch_size):
-                x = normalize(batch.images.to(device, non_blocking=True))
-                if ten_crop:
-                    crops = ten_crops(x, input_size)                      # (B, 10, 3, s, s)
-                    b = crops.shape[0]
-                    flat = crops.reshape(b * 10, *crops.shape[2:])
-                    if channels_last:
-                        flat = flat.contiguous(memory_format=torch.channels_last)
-                    each = model(flat).float().softmax(-1).reshape(b, 10, -1)
-                    centres.append(each[:, 4].cpu())  # ten_crops' fifth crop is the centre crop
-                    p = each.mean(1)
-                else:
-                    crop = center_crop(x, input_size).contiguous(
-                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                    p = model(crop).float().softmax(-1)
-                probs.append(p.cpu())
-                labels.append(batch.labels)
-                kept.append(batch.indices)
-                bar.update(len(batch.indices) + len(batch.bad))
+        with torch.no_grad():
+            Scan(order, batch_size, ctx=ctx).run(stream, consume, [rows], show_progress=show_progress, desc=desc)
     finally:
         model.train(was_training)
-    if not probs:
+    got = rows.result()
+    if not got:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), None
-    return torch.cat(probs), torch.cat(labels), torch.cat(kept), torch.cat(centres) if centres else None
+    return got["probs"], got["labels"], got["indices"], got.get("centre")
 
 
 def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
@@ -206,7 +211,9 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
     come with them: :meth:`Predictions.centre_crop`).
 
     Runs may differ in architecture and input size; they must share the class list. A run is a run
-    directory (its ``weights`` loaded) or a loaded run.
+    directory (its ``weights`` loaded) or a loaded run. Under ``torchrun`` each process computes a
+    disjoint share of the images (on its own GPU with ``device="cuda"``) and every process gets all
+    the outputs, exactly as one process computes them.
 
     Returns:
         ``(one Predictions per run, in order; files of the split skipped as unreadable)``.
@@ -216,7 +223,8 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
     """
     if not runs:
         raise ZFNetError("no run to evaluate")
-    device = torch.device(device)
+    ctx = setup(str(device))
+    device = ctx.device
     loaded = [r if isinstance(r, LoadedRun) else load_run(r, weights) for r in runs]
     classes = loaded[0].classes
     for run in loaded[1:]:
@@ -236,7 +244,7 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
         probs, labels, idx, centre = _predict(model, stream, run.normalization, input_size=run.input_size,
                                               ten_crop=ten_crop, batch_size=batch_size, indices=None,
                                               show_progress=show_progress, channels_last=True,
-                                              desc=f"evaluating {run.root.name}")
+                                              desc=f"evaluating {run.root.name}", ctx=ctx)
         if len(labels) == 0:
             raise ZFNetError(f"no readable images in {Path(data) / split}")
         out.append(Predictions(str(run.root), probs, labels, idx, centre))
