@@ -7,6 +7,10 @@ folder whose ``annotations.json`` gives object boxes) it also plays the *pointin
 (:func:`pointing_game`): over the correctly classified images, how often the occluder position that
 lowers the true class's probability most has its centre inside the object's box.
 
+The pointing game, a pass over a data set, runs under ``torchrun`` (each process plays its share of the
+images; the game is the single-process one, to the bit; rank 0 alone writes) and resumes: its running
+state is saved in the output folder, and the same command run again after an interruption continues it.
+
 Example:
     >>> from zfnet.experiments import occlusion
     >>> result = occlusion.run(occlusion.Config(run="runs/zfnet", data="data/synth"), "out/occ")  # doctest: +SKIP
@@ -15,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +31,13 @@ from ..analysis.occlusion import MODES, OcclusionResult, occlusion
 from ..data.annotations import map_box, read_part_annotations
 from ..data.folders import open_dataset
 from ..data.images import image_problem, image_size
+from ..data.loader import ImageStream
 from ..data.transforms import center_crop, load_image
+from ..distributed import DistContext
 from ..errors import ImageError, ZFNetError
 from ..progress import progress
 from ..results import Figure, Report, Table, write_results
+from ..scan import Rows, Scan, model_fingerprint
 from ..train.checkpoint import LoadedRun
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.layers import default_layers, traced_deconvnet
@@ -218,7 +226,8 @@ def _record(result: OcclusionResult, shown: str, loaded: LoadedRun, label: int |
 
 def pointing_game(loaded: LoadedRun, data: str | Path, *, split: str = "val", window: int | None = None,
                   stride: int | None = None, max_images: int | None = None, mode: str = "exact",
-                  tolerance: int | None = None, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
+                  tolerance: int | None = None, batch_size: int = 64, ctx: DistContext | None = None,
+                  state_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
     """The pointing game: does the most sensitive occluder position fall on the object?
 
     For every image of ``split`` (the first ``max_images``, taken round-robin over the classes)
@@ -228,15 +237,33 @@ def pointing_game(loaded: LoadedRun, data: str | Path, *, split: str = "val", wi
     to the input crop) or within ``tolerance`` pixels of it; default: their 15 pixels at 224 px, in
     proportion to the input size. The strict rate (tolerance 0) is reported too.
 
+    The images are a :class:`~zfnet.scan.Scan`: under ``torchrun`` (``ctx``) each process plays its
+    share of them and every process gets the whole game, equal to one process's; with ``state_dir``
+    the running state is saved there as it goes and a call interrupted (even by ``kill -9``) continues
+    where it was when made again with the same arguments. The state is removed when the game is done.
+
     Returns:
         ``{"images": correctly classified images scored, "hits", "fraction": hits / images,
         "strict_hits", "strict_fraction", "tolerance", "skipped_wrong": misclassified images,
-        "skipped_unreadable": files of the split skipped as unreadable (named in warnings),
+        "skipped_unreadable": images of the game skipped as unreadable (named in warnings),
         "distances": per scored image, pixels from the point to the box (0 inside), "window", "stride"}``.
 
     Raises:
         ZFNetError: no ``annotations.json`` with boxes in ``data``.
     """
+    game, scan = _pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=max_images,
+                                mode=mode, tolerance=tolerance, batch_size=batch_size, ctx=ctx, state_dir=state_dir,
+                                show_progress=show_progress)
+    scan.clear()
+    return game
+
+
+def _pointing_game(loaded: LoadedRun, data: str | Path, *, split: str, window: int | None, stride: int | None,
+                   max_images: int | None, mode: str, tolerance: int | None, batch_size: int,
+                   ctx: DistContext | None, state_dir: str | Path | None,
+                   show_progress: bool) -> tuple[dict[str, Any], Scan]:
+    """:func:`pointing_game` and its scan, whose saved state the caller removes once the game is written."""
+    ctx = ctx or DistContext()
     model = loaded.model.eval()
     dwin, dstride = default_window(loaded.input_size)
     window, stride = window or dwin, stride or dstride
@@ -249,35 +276,56 @@ def pointing_game(loaded: LoadedRun, data: str | Path, *, split: str = "val", wi
     order = _spread(dataset.targets, max_images)
     boxes = _Boxes(loaded.base_size, loaded.input_size)
     deconv = Deconvnet(model)
-    distances: list[float] = []
-    wrong = 0
-    bar = progress(total=len(order), desc="pointing game", unit="img", enabled=show_progress)
-    with bar:
-        for index in order:
+    device = next(model.parameters()).device
+    # Decoded image by image as the game reads them (a game on a few images of a large split decodes those).
+    stream = ImageStream(dataset, workers=0, cache="none", show_progress=False)
+    # Per image, in the game's order: 0 no box, 1 misclassified, 2 scored (with its distance to the box),
+    # 3 unreadable.
+    rows = Rows()
+    normalization = loaded.normalization
+    fingerprint = [model_fingerprint(model), model_fingerprint(normalization.mean),
+                   None if normalization.std is None else model_fingerprint(normalization.std),
+                   hashlib.sha256(annotations.read_bytes()).hexdigest(), [str(p) for p, _ in dataset.samples],
+                   dataset.targets, loaded.base_size, loaded.input_size, window, stride, mode, batch_size]
+    # One image per chunk: each is hundreds of forward passes, so the processes' shares stay even and a
+    # save never waits on more than one image.
+    scan = Scan(order, 1, ctx=ctx, state_dir=state_dir, name="pointing-game", fingerprint=fingerprint)
+
+    def consume(batch, positions: torch.Tensor) -> None:
+        inputs = center_crop(loaded.normalize(batch.images), loaded.input_size)
+        for x, index, position in zip(inputs, batch.indices.tolist(), positions):
             path, label = dataset.samples[index]
-            bar.update(1)
+            status, distance = 0, float("nan")
             try:
                 box = boxes.of(path)
-                if box is None:
-                    continue
-                x, _ = _input(loaded, path)
-            except ImageError as err:  # skipped and reported, as every data set's unreadable files are
+            except ImageError as err:  # decoded, but its size cannot be read: skipped as unreadable
                 dataset.note_bad([(dataset.display_path(path), err.reason)])
-                continue
-            with torch.no_grad():
-                if int(model(x[None]).argmax()) != label:
-                    wrong += 1
-                    continue
-            result = occlusion(deconv, x, label, window, stride, mode=mode, batch_size=batch_size, check=False)
-            distances.append(_distance(result.most_sensitive(), box))
+                box, status = None, 3
+            if box is not None:
+                x = x.to(device)
+                with torch.no_grad():
+                    right = int(model(x[None]).argmax()) == label
+                status = 2 if right else 1
+                if right:
+                    result = occlusion(deconv, x, label, window, stride, mode=mode, batch_size=batch_size,
+                                       check=False)
+                    distance = _distance(result.most_sensitive(), box)
+            rows.add(position[None], status=torch.tensor([status]),
+                     distance=torch.tensor([distance], dtype=torch.float64))
+
+    scan.run(stream, consume, [rows], show_progress=show_progress and ctx.is_main, desc="pointing game")
+    played = rows.result()  # every readable image of the game, in its order
+    status = played.get("status", torch.zeros(0, dtype=torch.long))
+    distances = played["distance"][status == 2].tolist() if played else []
     scored = len(distances)
     hits = sum(d <= tolerance for d in distances)
     strict = sum(d == 0 for d in distances)
-    return {"images": scored, "hits": hits, "fraction": hits / scored if scored else None,
+    game = {"images": scored, "hits": hits, "fraction": hits / scored if scored else None,
             "strict_hits": strict, "strict_fraction": strict / scored if scored else None, "tolerance": tolerance,
-            "skipped_wrong": wrong, "skipped_unreadable": len(dataset.bad_files),
+            "skipped_wrong": int((status == 1).sum()), "skipped_unreadable": len(order) - int((status != 3).sum()),
             "distances": [round(d, 2) for d in distances], "window": window,
             "stride": stride, "split": split, "mode": mode}
+    return game, scan
 
 
 def _other_images(loaded: LoadedRun, deconv: Deconvnet, layer: str, results: list[OcclusionResult],
@@ -287,6 +335,10 @@ def _other_images(loaded: LoadedRun, deconv: Deconvnet, layer: str, results: lis
     map among the searched images other than itself, projected and cut to the activation's receptive field.
 
     Returns per shown image ``{"paths", "values", "projections": (k, 3, h, w)}`` (None: no other image).
+
+    Rank 0 alone runs it, in one process, under ``torchrun`` too: it reads ``--search-images`` images (200
+    by default, held in memory at once) for a handful of figures only rank 0 draws, a few seconds of work
+    beside the pointing game's pass, which is the one shared.
     """
     if config.data is not None:
         dataset = open_dataset(config.data, config.split, loaded.base_size, classes=loaded.classes)
@@ -363,7 +415,13 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         out: output folder.
         loaded: the model, when the caller has loaded it already (else ``config`` names it).
         show_progress: progress bars.
+
+    Under ``torchrun`` the pointing game, the one pass over a data set, is shared by the processes
+    (:func:`pointing_game`); rank 0 alone draws the panels and writes. The game's running state is saved
+    in ``out`` as it goes: the same command run again after an interruption continues it. On the other
+    processes the result holds the pointing game only (``out`` None).
     """
+    ctx = config.context()
     loaded = loaded if loaded is not None else config.load(data=config.data, split=config.split)
     images, data, n_images, split, target = config.image, config.data, config.images, config.split, config.target
     window, stride, layer, mode, cap, tol = (config.window, config.stride, config.layer, config.mode, config.cap,
@@ -414,13 +472,24 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
                 break
         if not paths:
             raise ZFNetError(f"no readable image in {Path(data) / split}")
+    # Every process checks the targets (an unknown class is an error on all of them, before any collective).
+    classes = [_target(loaded, path, target, x) for path, (x, _) in zip(paths, inputs)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    game, scan = None, None
+    if pointing and data is not None:
+        game, scan = _pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=pointing,
+                                    mode="exact", tolerance=None, batch_size=batch_size, ctx=ctx, state_dir=out,
+                                    show_progress=show_progress)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 has written the game: this process's saved share has served
+        if scan is not None:
+            scan.clear()
+        return Result(None, {"kind": NAME, "images": [], "pointing_game": game})
     results, labels = [], []
     bar = progress(total=len(paths), desc="occlusion", unit="img", enabled=show_progress)
     with bar:
-        for path, (x, _) in zip(paths, inputs):
-            cls, label = _target(loaded, path, target, x)
+        for (x, _), (cls, label) in zip(inputs, classes):
             results.append(occlusion(deconv, x, cls, window, stride, layer=layer, mode=mode, cap=cap, tol=tol,
                                      batch_size=batch_size))
             labels.append(label)
@@ -441,10 +510,6 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         records[-1]["class_from"] = chosen
         records[-1]["others"] = [{"image": _display(p, data), "value": round(v, 6)}
                                  for p, v in zip(other["paths"], other["values"])] if other else []
-    game = None
-    if pointing and data is not None:
-        game = pointing_game(loaded, data, split=split, window=window, stride=stride, max_images=pointing,
-                             mode="exact", batch_size=batch_size, show_progress=show_progress)
     numbers = {"kind": NAME, "run": str(loaded.root), "model": loaded.metadata.get("model"),
                "window": window, "stride": stride, "layer": layer, "mode": mode, "images": records,
                "pointing_game": game}
@@ -452,6 +517,9 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     files = write_results(out, NAME, numbers, report)
     files["config"] = write_config(out, NAME, config, window=window, stride=stride, layer=layer)
     numbers["report"] = report.to_json()
+    ctx.barrier()  # occlusion.json is written: every process's saved share of the game has served
+    if scan is not None:
+        scan.clear()
     return Result(out, numbers, files)
 
 
