@@ -15,7 +15,7 @@ from helpers.trees import make_tree
 
 from zfnet.data import ImageStream, open_dataset
 from zfnet.scan import CollectiveError, Rows, Scan, Sums, gather_states, model_fingerprint, plan_chunks, rank_chunks
-from zfnet.train.distributed import DistContext
+from zfnet.distributed import DistContext
 from zfnet.visualize.topk import RunningTopK
 
 pytestmark = pytest.mark.usefixtures("one_thread")

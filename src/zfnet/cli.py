@@ -25,6 +25,7 @@ from . import __version__
 from ._io import atomic_write_json, folder_lock
 from ._validate import Limits, check_value, field_limits
 from .data.synthetic import write_synthetic
+from .distributed import is_main_process, left_process_group, resolve_device
 from .errors import TrainingDiverged, ZFNetError
 from .experiments import COMMANDS, STUDIES, experiment
 from .experiments.base import CLI, HELP, ModelSource, hints, read_config_file
@@ -32,7 +33,6 @@ from .models import list_models, model_info, parameter_count
 from .models.convnet import ConvNetConfig
 from .report import build_report
 from .train import TrainConfig, evaluate_runs, train
-from .train.distributed import is_main_process, left_process_group, resolve_device
 from .train.external import DEFAULT_INPUT_SIZE, NORMALIZATIONS, load_run_or_model
 from .train.run import training_config
 

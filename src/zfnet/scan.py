@@ -18,7 +18,7 @@ interrupted, so every result below is the same as one uninterrupted single-proce
   model, option or number of processes is ignored (with a warning) and the scan starts over. The
   state files are tensors and JSON only (safetensors): nothing in them is executed.
 - **A rank that dies** makes the others' collectives fail after at most the process group's timeout
-  (``ZFNET_DIST_TIMEOUT`` seconds, see :mod:`zfnet.train.distributed`) with a one-line error.
+  (``ZFNET_DIST_TIMEOUT`` seconds, see :mod:`zfnet.distributed`) with a one-line error.
 
 Example:
     >>> from zfnet.scan import Scan, Sums, plan_chunks
@@ -46,9 +46,9 @@ from safetensors.torch import save as safetensors_bytes
 from ._io import STATE_PREFIX, atomic_write
 from .data.folders import Batch
 from .data.loader import ImageStream
+from .distributed import DistContext
 from .errors import ZFNetError
 from .progress import progress
-from .train.distributed import DistContext
 
 __all__ = ["plan_chunks", "rank_chunks", "Accumulator", "Rows", "Sums", "Scan", "gather_states",
            "gather_tensor", "save_every_default", "CollectiveError", "model_fingerprint"]
@@ -257,7 +257,7 @@ class Scan:
     Args:
         indices: the images, in the pass's order (data set indices).
         batch_size: images per chunk (the model's batch).
-        ctx: this process's place in the job (:func:`zfnet.train.distributed.setup`); default one process.
+        ctx: this process's place in the job (:func:`zfnet.distributed.setup`); default one process.
         state_dir: the folder the running state is saved in (the command's output folder); None: not saved.
         name: what is scanned, naming the state file (``top-activations``, ``evaluate`` ...).
         fingerprint: everything the result depends on besides the indices and the batch size (the model

@@ -40,13 +40,13 @@ from typing import Any
 from .._io import folder_entries
 from ..analysis.stats import Comparison
 from ..data.folders import open_dataset
+from ..distributed import resolve_device
 from ..errors import ZFNetError
 from ..models import list_models, model_config
 from ..paper import PAPER_TABLE3
 from ..results import Report, Table, write_results
 from ..train import TrainConfig, train
 from ..train.checkpoint import RunFiles, is_run_dir, load_run_config
-from ..train.distributed import resolve_device
 from ..train.evaluate import Predictions, predict_runs
 from .base import DEVICE, MAX_SEED, MAX_WORKERS, Options, option, write_config
 from .base import Result as _Result

@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 from .. import __version__
 from .._io import atomic_write_json
 from .._validate import MAX_ITEMS, Limits, check_fields, from_mapping, limits
+from ..distributed import DistContext, resolve_device, setup
 from ..train.config import load_config_file
-from ..train.distributed import DistContext, resolve_device, setup
 from ..train.external import load_run_or_model
 
 __all__ = ["option", "Options", "ModelSource", "Result", "write_config", "read_config_file", "hints", "HELP", "CLI",

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import Comparison, paired_difference
+from ..distributed import resolve_device
 from ..errors import ZFNetError
 from ..paper import PAPER_TABLE2
 from ..results import Report, Table, write_results
 from ..train.checkpoint import LoadedRun, RunFiles, read_weights_metadata
-from ..train.distributed import resolve_device
 from ..train.evaluate import Predictions, average, predict_runs
 from ..train.run import architecture_name
 from .base import DEVICE, MAX_BATCH, MAX_WORKERS, Options, option, write_config

@@ -31,12 +31,11 @@ from .._io import atomic_write_json
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import center_crop
+from ..distributed import DistContext
 from ..errors import ZFNetError
-from ..graph import eval_mode, model_like, trace
 from ..progress import progress
-from ..scan import Scan, Sums, gather_tensor, model_fingerprint
+from ..scan import gather_tensor, model_fingerprint
 from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
-from ..train.distributed import DistContext
 from ..train.run import Run
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.figures import (
@@ -54,11 +53,10 @@ from ..visualize.figures import (
 from ..visualize.layers import PAPER_LAYERS, default_layers, traced_deconvnet
 from ..visualize.receptive_field import crop_windows, receptive_fields
 from ..visualize.topk import (
-    RunningTopK,
     TopK,
-    layer_outputs,
+    clear_search_state,
     project_top_activations,
-    resolve_layers,
+    search_top_activations,
     top_activations,
 )
 from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, ModelSource, option, write_config
@@ -200,48 +198,14 @@ class _Images:
     def search(self, model: nn.Module, layers: Sequence[str], k: int, *, ctx: DistContext | None = None,
                state_dir: Path | None = None, fingerprint: Any = None,
                show_progress: bool = True) -> dict[str, TopK]:
-        """The top-k of every map of ``layers`` over the requested images, image ids being data set indices.
-
-        Sharded over the ranks of a ``torchrun`` job and saved as it goes into ``state_dir``
-        (:class:`zfnet.scan.Scan`); the result is every rank's, the same as one process's.
-        """
-        graph = trace(model)
-        names = resolve_layers(graph, layers)
-        like = model_like(model)
-        running = [RunningTopK(name, k) for name in names]
-        count = Sums(images=0.0)
-        scan = Scan(self.requested, self.batch_size, ctx=ctx, state_dir=state_dir, name="top-activations",
-                    fingerprint=[fingerprint, names, k, self.size, [str(p) for p, _ in self.dataset.samples]])
-
-        def consume(batch, positions: torch.Tensor) -> None:
-            x = self.inputs(batch.images)
-            if like is not None:
-                x = x.to(device=like.device, dtype=like.dtype)
-            outputs = layer_outputs(graph, x, names)
-            for top in running:
-                top.update(outputs[top.name], ids=positions)
-            count.add(images=len(positions))
-
-        with eval_mode(model), torch.no_grad():
-            scan.run(self.stream, consume, [*running, count], show_progress=show_progress,
-                     desc="top activations")
-        self.read = int(count.totals["images"])
-        self._scan = scan
-        if self.read == 0:
-            raise ValueError("none of the images could be read")
-        requested = torch.tensor(self.requested, dtype=torch.long)
-        result = {}
-        for top in running:
-            found = top.result()  # image ids: positions in the requested list
-            ids = torch.where(found.image_index >= 0, requested[found.image_index.clamp(min=0)], -1)
-            result[top.name] = TopK(found.layer, found.values, ids, found.position)
-        return result
-
-    def clear_state(self) -> None:
-        """Remove the saved state of the search (its results are written)."""
-        scan = getattr(self, "_scan", None)
-        if scan is not None:
-            scan.clear()
+        """The top-k of every map of ``layers`` over the requested images, image ids being data set indices
+        (:func:`~zfnet.visualize.topk.search_top_activations`: sharded over ``torchrun`` ranks, saved as it
+        goes into ``state_dir``)."""
+        fingerprint = [fingerprint, self.size, [str(p) for p, _ in self.dataset.samples]]
+        top, self.read = search_top_activations(model, self.stream, self.requested, self.inputs, layers, k,
+                                                batch_size=self.batch_size, ctx=ctx, state_dir=state_dir,
+                                                fingerprint=fingerprint, show_progress=show_progress)
+        return top
 
     def pixels(self, ids: Sequence[int], *, readable_only: bool = False) -> torch.Tensor:
         """The uint8 pixels (base size, uncropped) of images by data set index. (N, 3, S, S).
@@ -381,7 +345,7 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
     images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
                      show_progress=show_progress and ctx.is_main)
     top = images.search(model, layers, k, ctx=ctx, state_dir=out, show_progress=show_progress,
-                        fingerprint=[model_fingerprint(model), model_fingerprint(loaded.mean)])
+                        fingerprint=model_fingerprint(loaded.mean))
 
     shown = {layer: _shown_maps(top[layer].values.shape[0], maps, seed, layer) for layer in layers}
     # Each rank projects its share of every layer's maps; rank 0 gathers them and writes.
@@ -421,7 +385,7 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
         _write_rest(index, loaded, model, images, layers, shown, out, evolution_maps=evolution_maps,
                     evolution_images=evolution_images, seed=seed, show_progress=show_progress)
     ctx.barrier()  # index.json is written: every rank's saved search has served
-    images.clear_state()
+    clear_search_state(out, ctx)
     return index
 
 

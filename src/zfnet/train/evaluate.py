@@ -16,11 +16,11 @@ from torch import nn
 from ..data.folders import open_dataset
 from ..data.loader import ImageStream
 from ..data.transforms import Normalization, center_crop, ten_crops
+from ..distributed import DistContext, setup
 from ..errors import ZFNetError
 from ..models.speed import prepare_for_speed
 from ..scan import Rows, Scan
 from .checkpoint import LoadedRun, load_run
-from .distributed import DistContext, setup
 
 __all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "Predictions", "average", "predict_runs",
            "evaluate_runs"]

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from .. import distributed
 from .._io import atomic_write_json, atomic_write_text, folder_entries, folder_lock, remove_temp_files
 from ..data.folders import open_dataset
 from ..data.images import image_size
@@ -37,7 +38,6 @@ from ..errors import ImageError, TrainingDiverged, ZFNetError
 from ..models import build, list_models, model_config, model_info
 from ..models.speed import prepare_for_speed
 from ..progress import progress
-from . import distributed
 from .checkpoint import (
     RunFiles,
     check_resumable,

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.loader import ImageStream
+from ..distributed import DistContext
 from ..graph import Graph, Window, crop, eval_mode, model_like, trace
+from ..scan import Scan, Sums, model_fingerprint
 from .deconvnet import KEEP_MODES, Deconvnet
 from .receptive_field import receptive_fields
 
-__all__ = ["TopK", "TopKProjections", "RunningTopK", "top_activations", "project_top_activations", "resolve_layers",
+__all__ = ["TopK", "TopKProjections", "RunningTopK", "top_activations", "search_top_activations",
+           "clear_search_state", "project_top_activations", "resolve_layers",
            "layer_outputs"]
 
 
@@ -299,6 +305,76 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
             raise ValueError("data yielded no images")
         result[name] = top.result()
     return result
+
+
+def search_top_activations(model: nn.Module, stream: ImageStream, indices: Sequence[int],
+                           inputs: Callable[[torch.Tensor], torch.Tensor], layers: str | Sequence[str], k: int = 9, *,
+                           batch_size: int = 32, ctx: DistContext | None = None, state_dir: str | Path | None = None,
+                           fingerprint: Any = None, show_progress: bool = True) -> tuple[dict[str, TopK], int]:
+    """:func:`top_activations` over a data set's images, sharded over ``torchrun`` ranks and resumable.
+
+    The pass is a :class:`zfnet.scan.Scan`: under ``torchrun`` each rank reads its share of the
+    batches and the running top-k of every rank are combined, so that every rank gets exactly the
+    result of one process; with ``state_dir`` the running state is saved there every few minutes
+    and a re-run with the same arguments continues from it.
+
+    Args:
+        model: any CNN :func:`zfnet.graph.trace` can trace (its device and dtype are used).
+        stream: the data set's images (uint8 at the base size).
+        indices: the data set indices searched, in this order.
+        inputs: uint8 pixels (B, 3, S, S) -> the model's input (normalised, cropped).
+        layers: one layer name or several.
+        k: images kept per feature map.
+        batch_size: images per forward pass (and per chunk of the shards).
+        ctx: this process's place in a ``torchrun`` job (default: one process).
+        state_dir: where the running state is saved (None: not saved).
+        fingerprint: anything else the result depends on (say, the normalisation): a saved state is
+            continued only when it matches, and the model's weights are always part of it.
+        show_progress: a progress bar with images/s and the time left.
+
+    Returns:
+        ``({layer: TopK}, the number of images read)``: image indices are data set indices, and ties
+        go to the image earlier in ``indices``.
+
+    Raises:
+        ValueError: an unknown layer, ``k < 1``, or no readable image.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    graph = trace(model)
+    names = resolve_layers(graph, layers)
+    like = model_like(model)
+    running = [RunningTopK(name, k) for name in names]
+    count = Sums(images=0.0)
+    scan = Scan(indices, batch_size, ctx=ctx, state_dir=state_dir, name="top-activations",
+                fingerprint=[model_fingerprint(model), fingerprint, names, k])
+
+    def consume(batch, positions: torch.Tensor) -> None:
+        x = inputs(batch.images)
+        if like is not None:
+            x = x.to(device=like.device, dtype=like.dtype, non_blocking=True)
+        outputs = layer_outputs(graph, x, names)
+        for top in running:
+            top.update(outputs[top.name], ids=positions)
+        count.add(images=len(positions))
+
+    with eval_mode(model), torch.no_grad():
+        scan.run(stream, consume, [*running, count], show_progress=show_progress, desc="top activations")
+    read = int(count.totals["images"])
+    if read == 0:
+        raise ValueError("none of the images could be read")
+    order = torch.tensor(scan.indices, dtype=torch.long)
+    result = {}
+    for top in running:
+        found = top.result()  # image ids: positions in the list of indices
+        ids = torch.where(found.image_index >= 0, order[found.image_index.clamp(min=0)], -1)
+        result[top.name] = TopK(found.layer, found.values, ids, found.position)
+    return result, read
+
+
+def clear_search_state(state_dir: str | Path, ctx: DistContext | None = None) -> None:
+    """Remove this rank's saved state of :func:`search_top_activations` (once its results are written)."""
+    Scan([], 1, ctx=ctx, state_dir=state_dir, name="top-activations").clear()
 
 
 def project_top_activations(model: nn.Module | Deconvnet, top: TopK,
