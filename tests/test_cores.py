@@ -1,0 +1,241 @@
+"""zfnet.cores: free cores from faked /proc readings, and the plan of threads and workers made from them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from zfnet import cores
+
+
+class FakeClock:
+    """``time`` as zfnet.cores uses it: ``sleep(s)`` moves the wall clock; this process burns ``own`` s meanwhile."""
+
+    def __init__(self, own_per_second: float = 0.0) -> None:
+        self.now, self.cpu, self.own_per_second = 100.0, 5.0, own_per_second
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.cpu += seconds * self.own_per_second
+
+
+def stat_text(ticks: dict[int, tuple[int, int]]) -> str:
+    """``/proc/stat`` with each CPU's (busy, idle) ticks: busy split over user and system, idle over idle and iowait."""
+    lines = ["cpu  " + " ".join(["0"] * 10)]
+    for cpu, (busy, idle) in sorted(ticks.items()):
+        user, system = busy - busy // 3, busy // 3
+        lines.append(f"cpu{cpu} {user} 0 {system} {idle - 1} 1 0 0 0 0 0")
+    return "\n".join(lines + ["intr 1 2 3", "ctxt 4"]) + "\n"
+
+
+def fake_machine(monkeypatch, cpus, stats=None, *, files=None, own_per_second=0.0, affinity=None):
+    """A machine of CPUs ``cpus`` whose ``/proc/stat`` reads as ``stats`` in turn (None: unreadable).
+
+    ``files`` holds any other file's text; a file not there cannot be read. Every CPU is its own core
+    unless ``files`` says otherwise.
+    """
+    readings = iter(stats or [])
+    files = {f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list": f"{c}\n" for c in cpus} | (files or {})
+
+    def read(path: str) -> str | None:
+        if path == "/proc/stat":
+            return next(readings) if stats is not None else None
+        return files.get(path)
+
+    monkeypatch.setattr(cores, "_read_text", read)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(affinity if affinity is not None else cpus))
+    monkeypatch.setattr(cores, "time", FakeClock(own_per_second))
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)  # clock ticks per second
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+
+# Over the 0.2 s window at 100 ticks/s each CPU spends 20 ticks: all busy, all idle, or between.
+IDLE = (0, 20)
+BUSY = (20, 0)
+
+
+def window(before: dict[int, tuple[int, int]], during: dict[int, tuple[int, int]]) -> list[str]:
+    after = {c: (before[c][0] + during[c][0], before[c][1] + during[c][1]) for c in before}
+    return [stat_text(before), stat_text(after)]
+
+
+START = {0: (5000, 9000), 1: (7000, 3000), 2: (100, 200), 3: (300, 400)}
+
+
+def test_two_cores_one_busy_process_leave_one(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}))
+    assert cores.free_cores() == 1
+
+
+def test_two_idle_cores_are_free(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: IDLE, 1: IDLE}) * 2)
+    assert cores.busy_cores() == 0.0
+    assert cores.free_cores() == 2
+
+
+def test_a_load_spread_over_cores_counts_its_sum(monkeypatch):
+    # two processes at half a core each, one per CPU: one core busy in all
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: (10, 10), 1: (10, 10)}))
+    assert cores.busy_cores() == pytest.approx(1.0)
+
+
+def test_this_process_is_not_counted_as_busy(monkeypatch):
+    # a core busy over the window, all of it this process's own threads
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}), own_per_second=1.0)
+    assert cores.free_cores() == 2
+
+
+def test_only_the_allowed_cpus_count(monkeypatch):
+    # CPUs 0 and 1 busy, but this process may only run on 2 and 3, which are idle
+    stats = window(START, {0: BUSY, 1: BUSY, 2: IDLE, 3: IDLE})
+    fake_machine(monkeypatch, {0, 1, 2, 3}, stats, affinity={2, 3})
+    assert cores.free_cores() == 2
+
+
+def test_more_busy_processes_than_cores_leave_one(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: BUSY}))
+    assert cores.free_cores() == 1
+
+
+def test_local_world_size_shares_the_free_cores(monkeypatch):
+    fake_machine(monkeypatch, {0, 1, 2, 3}, window(START, {c: IDLE for c in START}))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cores.free_cores() == 2
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: IDLE, 1: IDLE}))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cores.free_cores() == 1
+
+
+def test_a_cgroup_quota_bounds_the_cores(monkeypatch):
+    stats = window(START, {c: IDLE for c in START})
+    fake_machine(monkeypatch, {0, 1, 2, 3}, stats, files={"/sys/fs/cgroup/cpu.max": "150000 100000\n"})
+    assert cores.allowed_cores() == 2  # 1.5 cores, rounded up
+    assert cores.free_cores() == 2
+    fake_machine(monkeypatch, {0, 1, 2, 3}, None, files={"/sys/fs/cgroup/cpu.max": "max 100000\n"})
+    assert cores.allowed_cores() == 4
+    fake_machine(monkeypatch, {0, 1, 2, 3}, None, files={"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "100000\n",
+                                                          "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"})
+    assert cores.allowed_cores() == 1
+    fake_machine(monkeypatch, {0, 1, 2, 3}, None, files={"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+                                                          "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"})
+    assert cores.allowed_cores() == 4
+
+
+def test_without_proc_stat_the_running_count_is_used(monkeypatch):
+    # 3 running tasks: this one and two others
+    fake_machine(monkeypatch, {0, 1, 2, 3}, None, files={"/proc/loadavg": "3.90 2.10 1.00 3/412 9999\n"})
+    assert cores.busy_cores() == 2.0
+    assert cores.free_cores() == 2
+
+
+def test_with_nothing_to_read_every_core_is_free(monkeypatch):
+    fake_machine(monkeypatch, {0, 1, 2}, None)
+    assert cores.busy_cores() == 0.0
+    assert cores.free_cores() == 3
+
+
+def test_plan_splits_free_cores_between_threads_and_workers_when_streaming(monkeypatch):
+    fake_machine(monkeypatch, set(range(32)), None)
+    assert cores.plan_threads(free=4, streaming=True) == cores.ThreadPlan(2, 2, 4, "free cores")
+    assert cores.plan_threads(free=2, streaming=True) == cores.ThreadPlan(1, 1, 2, "free cores")
+    assert cores.plan_threads(free=1, streaming=True) == cores.ThreadPlan(1, 0, 1, "free cores")
+    assert cores.plan_threads(free=32, streaming=True) == cores.ThreadPlan(24, cores.MAX_WORKERS, 32, "free cores")
+    # workers asked for take their cores from the threads, down to one thread
+    assert cores.plan_threads(3, free=4, streaming=True) == cores.ThreadPlan(1, 3, 4, "free cores")
+    assert cores.plan_threads(16, free=4, streaming=True) == cores.ThreadPlan(1, 16, 4, "free cores")
+
+
+def test_plan_gives_threads_every_free_core_when_the_images_are_in_memory(monkeypatch):
+    fake_machine(monkeypatch, set(range(32)), None)
+    # the workers only fill the cache, before the model computes
+    assert cores.plan_threads(free=4, streaming=False) == cores.ThreadPlan(4, 4, 4, "free cores")
+    assert cores.plan_threads(free=1, streaming=False) == cores.ThreadPlan(1, 0, 1, "free cores")
+    assert cores.plan_threads(0, free=3, streaming=False) == cores.ThreadPlan(3, 0, 3, "free cores")
+
+
+def test_plan_measures_when_not_told(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}))
+    assert cores.plan_threads(streaming=False) == cores.ThreadPlan(1, 0, 1, "free cores")
+
+
+def test_threads_stay_within_the_physical_cores(monkeypatch):
+    # four CPUs, two cores of two hyperthreads each
+    siblings = {f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list": ("0,2\n" if c % 2 == 0 else "1,3\n")
+                for c in range(4)}
+    fake_machine(monkeypatch, {0, 1, 2, 3}, None, files=siblings)
+    assert cores.physical_cores({0, 1, 2, 3}) == 2
+    assert cores.plan_threads(free=4, streaming=False).threads == 2
+
+
+def test_omp_num_threads_wins(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    plan = cores.plan_threads(streaming=False)
+    assert plan == cores.ThreadPlan(3, 0, 1, "OMP_NUM_THREADS")
+    # and apply leaves torch's threads alone: OpenMP read the variable when torch started
+    before = torch.get_num_threads()
+    assert cores.apply(cores.ThreadPlan(before + 1, 0, 1, "OMP_NUM_THREADS")) == before
+    assert torch.get_num_threads() == before
+
+
+def test_an_explicit_thread_count_wins_over_everything(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: IDLE, 1: IDLE}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cores.plan_threads(free=2, threads=5, streaming=False) == cores.ThreadPlan(5, 2, 2, "argument")
+
+
+def test_omp_num_threads_that_is_not_a_count_is_ignored(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, None)
+    for text in ("", "0", "-2", "four"):
+        monkeypatch.setenv("OMP_NUM_THREADS", text)
+        assert cores.plan_threads(free=2, streaming=False).threads_from == "free cores"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested levels: the first is the intra-op count
+    assert cores.plan_threads(free=2, streaming=False).threads == 4
+
+
+def test_nothing_is_measured_when_the_user_chose_both(monkeypatch):
+    def measured() -> int:
+        raise AssertionError("measured the free cores")
+
+    monkeypatch.setattr(cores, "free_cores", measured)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cores.plan_threads(2, threads=1) == cores.ThreadPlan(1, 2, None, "argument")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cores.plan_threads(0) == cores.ThreadPlan(2, 0, None, "OMP_NUM_THREADS")
+    assert "not measured" in str(cores.plan_threads(0))
+
+
+def test_apply_sets_torch_threads_and_returns_the_count_before():
+    before = torch.get_num_threads()
+    try:
+        other = 1 if before != 1 else 2
+        assert cores.apply(cores.ThreadPlan(other, 0, 2, "free cores")) == before
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kwargs", [{"workers_wanted": -1}, {"threads": 0}, {"free": 0}])
+def test_plan_refuses_impossible_counts(kwargs):
+    with pytest.raises(ValueError, match="must be"):
+        cores.plan_threads(**{"free": 2, **kwargs})
+
+
+def test_plan_text_names_its_numbers():
+    assert str(cores.ThreadPlan(1, 2, 3, "free cores")) == "1 thread (free cores), 2 data workers, 3 free cores"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc")
+def test_on_this_machine(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert 1 <= cores.free_cores(window=0.05) <= cores.allowed_cores()
+    assert 0.0 <= cores.busy_cores(window=0.05) <= len(cores.allowed_cpus())
