@@ -4,34 +4,66 @@ An :class:`ImageStream` serves uint8 (B, 3, S, S) batches of an :class:`~zfnet.d
 in any order it is given. Small data sets (the synthetic one, Caltech) are decoded once into memory;
 large ones (ImageNet) are decoded on the fly by DataLoader workers. Either way the order of the
 batches is exactly the order of the indices, so a resumed run sees the same batches.
+
+A stream that decodes on the fly keeps its workers between passes (one DataLoader whose batch
+sampler is given each pass's batches; the sampler runs in this process), so an epoch does not pay for
+starting them. Its loaders draw nothing from torch's global generator, so the training's random
+numbers do not depend on how the images are loaded. The default worker count comes from the cores
+free when the stream is made (:mod:`zfnet.cores`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
+from .. import cores
 from ..progress import progress
 from .folders import Batch, ImageFolder, collate
 
-__all__ = ["ImageStream", "default_workers", "mean_image"]
+__all__ = ["ImageStream", "default_workers", "keeps_in_memory", "mean_image"]
 
 log = logging.getLogger("zfnet")
 
 CACHE_LIMIT_BYTES = 3 * 2**30
 
 
-def default_workers() -> int:
-    """DataLoader workers by default: the cores this process may use, minus one, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+def default_workers(*, streaming: bool = True) -> int:
+    """DataLoader workers by default, from the cores free now (:func:`zfnet.cores.plan_threads`).
+
+    Args:
+        streaming: the images are decoded while a model computes (half the free cores, at most 8),
+            rather than once into memory before it does (every free core; none when only one is free).
+    """
+    return cores.plan_threads(streaming=streaming).workers
+
+
+def keeps_in_memory(dataset: ImageFolder, cache: str) -> bool:
+    """Whether an :class:`ImageStream` of ``dataset`` with this ``cache`` mode decodes it once into memory."""
+    if cache not in ("auto", "memory", "none"):
+        raise ValueError(f"unknown cache mode {cache!r}; valid: auto, memory, none")
+    nbytes = len(dataset) * 3 * dataset.size**2
+    return cache == "memory" or (cache == "auto" and nbytes <= CACHE_LIMIT_BYTES)
+
+
+class _BatchList(Sampler[list[int]]):
+    """A batch sampler whose batches are replaced before each pass of a DataLoader that keeps its workers.
+
+    The sampler runs in the main process (the workers are sent indices), so a new list takes effect at
+    the loader's next ``iter()``.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class ImageStream:
@@ -47,12 +79,13 @@ class ImageStream:
 
     def __init__(self, dataset: ImageFolder, *, workers: int | None = None, cache: str = "auto",
                  show_progress: bool = True) -> None:
-        if cache not in ("auto", "memory", "none"):
-            raise ValueError(f"unknown cache mode {cache!r}; valid: auto, memory, none")
+        self.cached = keeps_in_memory(dataset, cache)
         self.dataset = dataset
-        self.workers = default_workers() if workers is None else int(workers)
-        nbytes = len(dataset) * 3 * dataset.size**2
-        self.cached = cache == "memory" or (cache == "auto" and nbytes <= CACHE_LIMIT_BYTES)
+        self.workers = default_workers(streaming=not self.cached) if workers is None else int(workers)
+        # The loader kept between passes, its sampler, and whether a pass is using it now.
+        self._kept: DataLoader | None = None
+        self._batch_list = _BatchList()
+        self._in_pass = False
         self.images: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         if self.cached:
@@ -61,9 +94,36 @@ class ImageStream:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _loader(self, batch_indices: Sequence[Sequence[int]]) -> DataLoader:
-        return DataLoader(self.dataset, batch_sampler=batch_indices, num_workers=self.workers,
-                          collate_fn=collate, persistent_workers=False)
+    def _loader(self, batch_sampler, *, persistent: bool = False) -> DataLoader:
+        # Its own generator: a DataLoader seeds its workers from torch's global generator otherwise,
+        # and a kept loader draws once where fresh ones draw every pass (dropout masks would then
+        # depend on the epoch a run resumed at).
+        return DataLoader(self.dataset, batch_sampler=batch_sampler, num_workers=self.workers,
+                          collate_fn=collate, persistent_workers=persistent and self.workers > 0,
+                          generator=torch.Generator())
+
+    def _pass(self, batch_indices: list[list[int]]) -> Iterator[Batch]:
+        """Collated batches of ``batch_indices``, in order, through the loader kept between passes.
+
+        A pass started while another is unfinished (two generators in turn) gets a loader of its own.
+        A kept loader is reused only after a pass that ran to its end; one left early or by an error is
+        dropped (and its workers with it).
+        """
+        if self._in_pass:
+            yield from self._loader(batch_indices)
+            return
+        if self._kept is None:
+            self._kept = self._loader(self._batch_list, persistent=True)
+        self._batch_list.batches = batch_indices
+        self._in_pass = True
+        finished = False
+        try:
+            yield from self._kept
+            finished = True
+        finally:
+            self._in_pass = False
+            if not finished:
+                self._kept = None
 
     def _fill_cache(self, show_progress: bool) -> None:
         n, s = len(self.dataset), self.dataset.size
@@ -103,7 +163,7 @@ class ImageStream:
                                     for i in chunk if not bool(self.valid[i]))]
                 yield Batch(self.images[part], labels[part], part, bad)
             return
-        for batch in self._loader(chunks):
+        for batch in self._pass(chunks):
             self.dataset.note_bad(batch.bad)
             yield batch
 
@@ -120,7 +180,7 @@ class ImageStream:
                 yield Batch(self.images[part], labels[part], part)
             return
         chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-        for batch in self._loader(chunks):
+        for batch in self._pass(chunks):
             self.dataset.note_bad(batch.bad)
             if len(batch.indices):
                 yield batch
