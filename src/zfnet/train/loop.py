@@ -28,11 +28,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from .. import distributed
+from .. import cores, distributed
 from .._io import atomic_write_json, atomic_write_text, folder_entries, folder_lock, remove_temp_files
 from ..data.folders import open_dataset
 from ..data.images import image_size
-from ..data.loader import ImageStream, mean_image
+from ..data.loader import ImageStream, keeps_in_memory, mean_image
 from ..data.transforms import Normalization, base_size, training_crops
 from ..errors import ImageError, TrainingDiverged, ZFNetError
 from ..models import build, list_models, model_config, model_info
@@ -182,6 +182,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()),
                                  out=str(Path(config.out).expanduser().resolve()))
     ctx = distributed.setup(config.device)
+    threads = torch.get_num_threads()  # _train sets its own (zfnet.cores); the caller's is restored after
     try:
         files = RunFiles(Path(config.out))
         if resume:
@@ -190,6 +191,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
         with folder_lock(files.root) if ctx.is_main else nullcontext():
             return _train(config, ctx, resume, show_progress and ctx.is_main, files)
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown(ctx)
 
 
@@ -245,8 +247,12 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
             write_run_marker(files.root)  # first: a run killed from here on is recognised as zfnet's
         atomic_write_json(files.config, config.to_json())
         atomic_write_json(files.classes, {"classes": train_ds.classes, "names": train_ds.class_names})
-    train_stream = ImageStream(train_ds, workers=config.workers, cache=config.cache, show_progress=show)
-    val_stream = ImageStream(val_ds, workers=config.workers, cache=config.cache, show_progress=show)
+    # Threads and workers from the cores free now, once (zfnet.cores); OMP_NUM_THREADS and --workers win.
+    plan = cores.plan_threads(config.workers, streaming=not keeps_in_memory(train_ds, config.cache))
+    cores.apply(plan)
+    log.info("cores: %s", plan)
+    train_stream = ImageStream(train_ds, workers=plan.workers, cache=config.cache, show_progress=show)
+    val_stream = ImageStream(val_ds, workers=plan.workers, cache=config.cache, show_progress=show)
 
     if state is not None and files.mean.is_file():
         mean = load_mean(files.mean)
