@@ -16,6 +16,12 @@ inference form (:func:`~zfnet.models.speed.prepare_for_speed`); pooling and copy
 costs a few percent of the pass (``benchmarks/feature_extraction.py``). Each layer's features are
 written to ``CACHE/<layer>.safetensors`` with a fingerprint of the weights, the normalisation, the image
 files and the pooling, and read back instead of recomputed while the fingerprint matches.
+
+The pass is a :class:`~zfnet.scan.Scan`: under ``torchrun`` each process computes its share of the
+images (chunks of ``batch_size``, each computed together whichever process reads it) and every
+process ends with all the rows, in the data set's order, equal to one process's to the bit; rank 0
+alone writes the cache files. The running state is saved in the cache folder as it goes, so a pass
+killed part-way continues where it was when the same call is made again.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from torch import nn
 from .._io import atomic_write
 from ..data.loader import ImageStream
 from ..data.transforms import Normalization, center_crop
+from ..distributed import DistContext
 from ..models.speed import prepare_for_speed
-from ..progress import progress
+from ..scan import Rows, Scan
 
 __all__ = ["FEATURE_LAYERS", "FeatureSet", "extract_features", "feature_fingerprint", "POOLS"]
 
@@ -142,19 +149,6 @@ def _pooled(x: torch.Tensor, grid: int, pool: str) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, g) if pool == "avg" else F.adaptive_max_pool2d(x, g)
 
 
-def _store(store: dict[str, torch.Tensor], name: str, feats: torch.Tensor, indices: torch.Tensor, n: int) -> None:
-    """Copy a batch's features (B, ...) into rows ``indices`` of the (n, D) matrix of ``name``, in (C, H, W) order."""
-    b = feats.shape[0]
-    if name not in store:
-        store[name] = torch.empty(n, feats[0].numel(), dtype=torch.float32)
-    first = int(indices[0]) if b else 0
-    if b and int(indices[-1]) - first + 1 == b:
-        # Consecutive rows (the usual case): one copy from the model's layout into the rows, no temporary.
-        store[name][first:first + b].view(feats.shape).copy_(feats)
-    else:
-        store[name][indices] = feats.reshape(b, -1).to("cpu", torch.float32)
-
-
 def _cache_path(cache_dir: Path, layer: str) -> Path:
     return cache_dir / f"{layer}.safetensors"
 
@@ -175,7 +169,7 @@ def _load_cached(path: Path, fingerprint: str) -> tuple[torch.Tensor, torch.Tens
 @torch.no_grad()
 def extract_features(model: nn.Module, stream: ImageStream, normalization: Normalization, *, input_size: int,
                      layers: Sequence[str] = FEATURE_LAYERS, grid: int = 4, pool: str = "avg",
-                     batch_size: int = 64, cache_dir: str | Path | None = None,
+                     batch_size: int = 64, cache_dir: str | Path | None = None, ctx: DistContext | None = None,
                      show_progress: bool = True) -> FeatureSet:
     """The features of ``layers`` for every readable image of ``stream``, from the cache where it holds them.
 
@@ -192,11 +186,16 @@ def extract_features(model: nn.Module, stream: ImageStream, normalization: Norma
         grid: conv maps are pooled to ``grid x grid`` (a smaller map keeps its size).
         pool: ``"avg"`` or ``"max"`` pooling of the conv maps.
         batch_size: images per forward pass.
-        cache_dir: folder of the per-layer cache files (None: no cache).
+        cache_dir: folder of the per-layer cache files, and of the pass's saved state while it runs
+            (None: no cache, nothing saved).
+        ctx: this process's place in a ``torchrun`` job (default one process): each process computes
+            its share of the images and gets every row; rank 0 alone writes the cache. Under
+            ``torchrun`` the cache folder must be one every process reads (one machine, or a shared
+            file system); a process that cannot read it makes them all compute.
         show_progress: a progress bar with throughput.
 
     Returns:
-        A :class:`FeatureSet` with float32 features on the CPU.
+        A :class:`FeatureSet` with float32 features on the CPU (on every process of a ``torchrun`` job).
 
     Example:
         >>> from zfnet.models import build
@@ -213,6 +212,7 @@ def extract_features(model: nn.Module, stream: ImageStream, normalization: Norma
     if int(grid) != grid or grid < 1:
         raise ValueError(f"grid must be a positive integer, got {grid!r}")
     layers = _check_layers(model, layers)
+    ctx = ctx or DistContext()
     cache = Path(cache_dir) if cache_dir is not None else None
     # The fingerprint hashes every weight: computed only for a cache (the experiments always have one).
     fingerprint = feature_fingerprint(model, stream, normalization, input_size=input_size, grid=grid, pool=pool) \
@@ -224,78 +224,107 @@ def extract_features(model: nn.Module, stream: ImageStream, normalization: Norma
             hit = _load_cached(_cache_path(cache, layer), fingerprint)
             if hit is not None and (indices is None or torch.equal(hit[1], indices)):
                 found[layer], indices, labels = hit
-    todo = [n for n in layers if n not in found]
+    # Every process computes the same layers (the scan's collectives pair them up): a layer is read from
+    # the cache only where every process found it there.
+    missing = ctx.all_reduce_sum(torch.tensor([float(n not in found) for n in layers]))
+    todo = [n for n, m in zip(layers, missing.tolist()) if m > 0]
     if todo:
-        computed, new_indices, new_labels = _extract(model, stream, normalization, input_size, todo, grid, pool,
-                                                      batch_size, show_progress)
-        if indices is not None and not torch.equal(indices, new_indices):
+        pass_args = (grid, pool, batch_size, show_progress and ctx.is_main, ctx, fingerprint if cache else None,
+                     cache)
+        computed, new_indices, new_labels, scan = _extract(model, stream, normalization, input_size, todo,
+                                                           *pass_args)
+        if ctx.any(indices is not None and not torch.equal(indices, new_indices)):
             # Readability changed since the cache was written: recompute every layer alike.
-            computed, new_indices, new_labels = _extract(model, stream, normalization, input_size, layers, grid,
-                                                          pool, batch_size, show_progress)
+            scan.clear()  # a pass of other layers: its state would not fit the next one
+            computed, new_indices, new_labels, scan = _extract(model, stream, normalization, input_size, layers,
+                                                               *pass_args)
             found = {}
         indices, labels = new_indices, new_labels
         for layer, feats in computed.items():
             found[layer] = feats
-            if cache is not None:
+            if cache is not None and ctx.is_main:  # rank 0 alone writes
                 tensors = {"features": feats.contiguous(), "indices": indices, "labels": labels}
                 meta = {"fingerprint": fingerprint, "layer": layer, "grid": str(grid), "pool": pool}
                 atomic_write(_cache_path(cache, layer),
                              lambda tmp, t=tensors, m=meta: save_file(t, str(tmp), metadata=m))
-    elif show_progress:
+        ctx.barrier()  # the cache is written: every process's saved pass has served
+        scan.clear()
+    elif show_progress and ctx.is_main:
         log.info("features of %s read from %s", ", ".join(layers), cache)
     assert indices is not None and labels is not None
     return FeatureSet({n: found[n] for n in layers}, indices, labels, int(grid), pool, fingerprint)
 
 
 def _extract(model: nn.Module, stream: ImageStream, normalization: Normalization, input_size: int,
-             layers: list[str], grid: int, pool: str, batch_size: int, show_progress: bool):
+             layers: list[str], grid: int, pool: str, batch_size: int, show_progress: bool, ctx: DistContext,
+             fingerprint: str | None, state_dir: Path | None):
+    """One pass over every image of ``stream``: ``({layer: (M, D)}, indices (M,), labels (M,), its Scan)``.
+
+    The images are read in chunks of ``batch_size`` (:class:`~zfnet.scan.Scan`), this process's share of
+    them under ``torchrun``; the rows of every process come back in the data set's order.
+    """
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
     prepare_for_speed(model, train=False)
     channels_last = device.type in ("cpu", "cuda")
     normalize = normalization.to(device)
-    n = len(stream)
     wanted = set(layers)
     last = layers[-1]
-    store: dict[str, torch.Tensor] = {}
-    seen = torch.zeros(n, dtype=torch.bool)
-    all_labels = torch.zeros(n, dtype=torch.long)
-    bar = progress(total=n, desc=f"features ({', '.join(layers)})", unit="img", enabled=show_progress)
-    current: list[torch.Tensor] = []  # the batch's indices, for the hooks
+    # One accumulator per layer: gathered and put in order one layer at a time, so that a job holds at
+    # most one layer's extra copies at once.
+    rows = {name: Rows() for name in layers}
+    labels = Rows()
+    caught: dict[str, torch.Tensor] = {}  # the hooks' outputs of the current batch
 
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs, output) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() not in (2, 4):
                 got = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ValueError(f"layer {name} outputs {got}; features need (B, D) or (B, C, H, W)")
-            _store(store, name, _pooled(output, grid, pool), current[0], n)
+            caught[name] = _flat(_pooled(output, grid, pool))
         return hook
+
+    def consume(batch, positions: torch.Tensor) -> None:
+        x = center_crop(normalize(batch.images.to(device, non_blocking=True)), input_size).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        caught.clear()
+        with torch.inference_mode():
+            if sequential:
+                for name, module in model.named_children():
+                    x = module(x)
+                    if name in wanted:
+                        caught[name] = _flat(_pooled(x, grid, pool))
+                    if name == last:
+                        break
+            else:
+                model(x)
+        for name in layers:
+            rows[name].add(positions, features=caught[name])
+        labels.add(positions, label=batch.labels)
 
     sequential = isinstance(model, nn.Sequential)
     modules = dict(model.named_modules())
+    scan = Scan(range(len(stream)), batch_size, ctx=ctx, state_dir=state_dir, name="features",
+                fingerprint=[fingerprint, layers])
     handles = [] if sequential else [modules[name].register_forward_hook(hook_for(name)) for name in layers]
     try:
-        with bar, torch.inference_mode():
-            for batch in stream.batches(range(n), batch_size):
-                x = center_crop(normalize(batch.images.to(device, non_blocking=True)), input_size).contiguous(
-                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                if sequential:
-                    for name, module in model.named_children():
-                        x = module(x)
-                        if name in wanted:
-                            _store(store, name, _pooled(x, grid, pool), batch.indices, n)
-                        if name == last:
-                            break
-                else:
-                    current[:] = [batch.indices]
-                    model(x)
-                seen[batch.indices] = True
-                all_labels[batch.indices] = batch.labels
-                bar.update(len(batch.indices) + len(batch.bad))
+        scan.run(stream, consume, [labels, *rows.values()], show_progress=show_progress,
+                 desc=f"features ({', '.join(layers)})")
     finally:
         for handle in handles:
             handle.remove()
-    indices = seen.nonzero().flatten()
-    if len(indices) == 0:
+    read = labels.result()
+    if not read:
         raise ValueError("no readable images to extract features from")
-    return {name: store[name][indices] for name in layers}, indices, all_labels[indices]
+    # Each layer's rows in order, its accumulator released before the next (a copy of one layer at a time).
+    features = {name: rows.pop(name).result()["features"] for name in layers}
+    # The scan's indices are the data set's, in order: an image's position is its data set index.
+    return features, read["position"], read["label"], scan
+
+
+def _flat(feats: torch.Tensor) -> torch.Tensor:
+    """A batch's features (B, ...) as float32 rows (B, D) on the CPU, in (C, H, W) order whatever the layout.
+
+    Always a copy: a later module may change its input in place (an in-place ReLU after a hooked layer).
+    """
+    return feats.reshape(feats.shape[0], -1).to("cpu", torch.float32, copy=True)

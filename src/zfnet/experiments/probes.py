@@ -11,6 +11,10 @@ layer (:func:`~zfnet.analysis.probes.probe_layers`) and writes ``OUT/probes.json
 ``.csv`` tables beside the paper's) and ``probes.png`` (accuracy against depth). Finished fits are kept
 in ``OUT/probes.partial.json``: a run interrupted and started again redoes only what was not finished.
 
+Under ``torchrun`` the feature extraction, the one pass over the data set, is shared by the processes
+(each its share of the images, every process ending with all the features, equal to one process's);
+rank 0 then fits the classifiers and writes, and the other processes stop.
+
 Example:
     >>> from zfnet.experiments import probes
     >>> result = probes.run(probes.Config(run="runs/zfnet", data="data/secondary"), "out/probes")  # doctest: +SKIP
@@ -158,13 +162,15 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         show_progress: progress bars.
 
     Returns:
-        A :class:`Result`.
+        A :class:`Result`; under ``torchrun``, on the processes other than rank 0, an empty one (``out``
+        None), returned once their share of the features is extracted.
 
     Raises:
         DataError: bad data, a class too small for ``per_class``.
         ValueError: a layer the model does not have.
     """
     t0 = time.perf_counter()
+    ctx = config.context()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = loaded if loaded is not None else config.load()
@@ -172,11 +178,15 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     model = loaded.model.to(device)
     dataset = open_labelled_images(config.data, config.layout, loaded.base_size,
                                    include_background=config.include_background)
-    stream = ImageStream(dataset, workers=config.workers, cache="auto", show_progress=show_progress)
+    stream = ImageStream(dataset, workers=config.workers, cache="auto", show_progress=show_progress and ctx.is_main)
     cache = Path(config.features) if config.features is not None else out / "features"
     feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size,
                              layers=config.layers, grid=config.grid, pool=config.pool, batch_size=config.batch_size,
-                             cache_dir=cache, show_progress=show_progress)
+                             cache_dir=cache, ctx=ctx, show_progress=show_progress)
+    if not ctx.is_main:
+        # The data-set pass is done. The fits are rank 0's alone: the others stop rather than wait for them
+        # at a collective, which would time out (ZFNET_DIST_TIMEOUT) on a long fit.
+        return Result(None)
     t_features = time.perf_counter() - t0
     cap = config.test_cap if config.test_cap is not None else TEST_CAPS.get(config.layout)
     labels = np.asarray(dataset.targets, dtype=np.int64)

@@ -14,6 +14,10 @@ train / val sets, and writes ``OUT/transfer.json``, ``.md``, ``.csv`` and ``tran
 :func:`transfer_study` runs it together with the layer probes (:mod:`zfnet.experiments.probes`) on one
 feature cache: the demo's stage 8 and the miniature study's transfer.
 
+Under ``torchrun`` the feature extractions, the passes over the data set, are shared by the processes
+(each its share of the images, every process ending with all the features, equal to one process's);
+rank 0 then fits the classifiers, trains the baselines and writes, and the other processes stop.
+
 Example:
     >>> from zfnet.experiments import transfer
     >>> config = transfer.Config(run="runs/zfnet", data="data/secondary", per_class=(15, 30))  # doctest: +SKIP
@@ -38,6 +42,7 @@ from ..data.caltech import TEST_CAPS, per_class_accuracy, sample_splits
 from ..data.labelled import LAYOUTS, open_labelled_images
 from ..data.loader import ImageStream
 from ..data.voc import mean_average_precision, open_voc
+from ..distributed import DistContext
 from ..paper import PAPER_TRANSFER, PAPER_VOC_MAP, PAPER_VOC_PUBLISHED_BEST
 from ..progress import progress
 from ..results import Figure, Report, Table, mean_std, new_figure, save_figure, write_results
@@ -135,12 +140,14 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         show_progress: progress bars.
 
     Returns:
-        A :class:`Result`.
+        A :class:`Result`; under ``torchrun``, on the processes other than rank 0, an empty one (``out``
+        None), returned once their share of the features is extracted.
 
     Raises:
         DataError: bad data, a class too small for ``per_class``.
     """
     t0 = time.perf_counter()
+    ctx = config.context()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = loaded if loaded is not None else config.load()
@@ -152,7 +159,8 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     model = loaded.model.to(device)
     cache = Path(config.features) if config.features is not None else out / "features"
     if config.layout == "voc2012":
-        return _run_voc(config, loaded, model, out, cache=cache, device=device, show_progress=show_progress, t0=t0)
+        return _run_voc(config, loaded, model, out, cache=cache, device=device, ctx=ctx, show_progress=show_progress,
+                        t0=t0)
 
     per_class = sorted(set(config.per_class))
     layer, seed = config.layer, config.seed
@@ -160,24 +168,28 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     dataset = open_labelled_images(config.data, config.layout, loaded.base_size,
                                    include_background=config.include_background)
     cap = config.test_cap if config.test_cap is not None else TEST_CAPS.get(config.layout)
-    stream = ImageStream(dataset, workers=config.workers, cache="auto", show_progress=show_progress)
+    stream = ImageStream(dataset, workers=config.workers, cache="auto", show_progress=show_progress and ctx.is_main)
     feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size, layers=(layer,),
-                             batch_size=config.batch_size, cache_dir=cache, show_progress=show_progress)
+                             batch_size=config.batch_size, cache_dir=cache, ctx=ctx, show_progress=show_progress)
     t_features = time.perf_counter() - t0
+    random_feats = None
+    if config.untrained:
+        torch.manual_seed(seed)  # the same random weights on every process of a torchrun job
+        random_model = loaded.untrained()
+        # Its own cache folder: the per-layer files of the pretrained network stay valid beside it.
+        random_feats = extract_features(random_model.to(device), stream, loaded.normalization,
+                                        input_size=loaded.input_size, layers=(layer,), batch_size=config.batch_size,
+                                        cache_dir=cache / "untrained", ctx=ctx, show_progress=show_progress)
+    if not ctx.is_main:
+        # The data-set passes are done. The fits and baselines are rank 0's alone: the others stop rather than
+        # wait for them at a collective, which would time out (ZFNET_DIST_TIMEOUT) on a long training.
+        return Result(None)
     num_classes = len(dataset.classes)
     meta = loaded.metadata
     key = {"features": feats.fingerprint, "layout": config.layout, "seed": seed,
            "test_cap": cap, "layer": layer, "l2": config.l2, "recipe": asdict(recipe), "images": len(dataset),
            "readable": len(feats.indices), "include_background": config.include_background}
     ledger = Ledger(out / "transfer.partial.json", key)
-    random_feats = None
-    if config.untrained:
-        torch.manual_seed(seed)
-        random_model = loaded.untrained()
-        # Its own cache folder: the per-layer files of the pretrained network stay valid beside it.
-        random_feats = extract_features(random_model.to(device), stream, loaded.normalization,
-                                        input_size=loaded.input_size, layers=(layer,), batch_size=config.batch_size,
-                                        cache_dir=cache / "untrained", show_progress=show_progress)
     pretrained: dict[str, list[float]] = {}
     scratch: dict[str, list[float]] = {}
     random_init: dict[str, list[float]] = {}
@@ -350,16 +362,19 @@ def _figure(result: dict[str, Any]):
 
 
 def _run_voc(config: Config, loaded: LoadedRun, model, out: Path, *, cache: Path, device: torch.device,
-             show_progress: bool, t0: float) -> Result:
+             ctx: DistContext, show_progress: bool, t0: float) -> Result:
     layer = config.layer
     sets = {}
     for name in ("train", "val"):
         voc = open_voc(config.data, name, loaded.base_size)
-        stream = ImageStream(voc.images, workers=config.workers, cache="auto", show_progress=show_progress)
+        stream = ImageStream(voc.images, workers=config.workers, cache="auto",
+                             show_progress=show_progress and ctx.is_main)
         feats = extract_features(model, stream, loaded.normalization, input_size=loaded.input_size,
-                                 layers=(layer,), batch_size=config.batch_size, cache_dir=cache / name,
+                                 layers=(layer,), batch_size=config.batch_size, cache_dir=cache / name, ctx=ctx,
                                  show_progress=show_progress)
         sets[name] = (voc, feats)
+    if not ctx.is_main:
+        return Result(None)  # the data-set passes are done; rank 0 alone fits and writes
     (voc_tr, f_tr), (voc_va, f_va) = sets["train"], sets["val"]
     x_tr, y_tr = f_tr.layers[layer].to(device), voc_tr.targets[f_tr.indices].to(device)
     penalty = resolve_l2(config.l2, x_tr, y_tr, kind="logistic")
