@@ -202,3 +202,40 @@ def test_only_rank_zero_prints_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     assert main(["models"]) == 0
     assert "zfnet-tiny" in capsys.readouterr().out
+
+
+def test_config_file_on_data_evaluate_and_report(tmp_path, capsys):
+    """--config on the commands without a generated Config: the file's options as their flags, flags win."""
+    cfg = tmp_path / "synth.toml"
+    cfg.write_text("classes = 2\nper_class = 3\nval_per_class = 1\nsize = 48\n")
+    data = tmp_path / "data"
+    assert main(["data", "synth", str(data), "--config", str(cfg), "--per-class", "2"]) == 0
+    assert "wrote 4 train, 2 val images of 2 classes" in capsys.readouterr().out
+    # a value is checked as its flag's would be, and an unknown option is named
+    (tmp_path / "bad.toml").write_text("classes = 0\n")
+    one_line_error(capsys, ["data", "synth", str(tmp_path / "d2"), "--config", str(tmp_path / "bad.toml")],
+                   "--classes", "bad.toml")
+    (tmp_path / "typo.toml").write_text("clases = 3\n")
+    one_line_error(capsys, ["data", "synth", str(tmp_path / "d3"), "--config", str(tmp_path / "typo.toml")],
+                   "unknown option 'clases'", "valid: ", "classes")
+    assert not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
+
+    from helpers.runs import weights, write_run
+    run = write_run(tmp_path / "run", classes=["arrow", "crescent"], tensors=weights("zfnet-tiny", 2),
+                    metadata={"model": "zfnet-tiny", "num_classes": 2, "model_options": {}, "epoch": 1})
+    (tmp_path / "eval.json").write_text(json.dumps({"ten_crop": True, "batch_size": 3, "workers": 0,
+                                                    "device": "cpu", "json": str(tmp_path / "out.json")}))
+    assert main(["evaluate", str(run), "--data", str(data), "--config", str(tmp_path / "eval.json")]) == 0
+    assert "(10 crops)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["ten_crop"] is True
+    (tmp_path / "eval.json").write_text(json.dumps({"batch_size": "lots"}))
+    one_line_error(capsys, ["evaluate", str(run), "--data", str(data), "--config", str(tmp_path / "eval.json")],
+                   "--batch-size", "eval.json")
+    (tmp_path / "eval.json").write_text(json.dumps({"run": "elsewhere"}))
+    one_line_error(capsys, ["evaluate", str(run), "--data", str(data), "--config", str(tmp_path / "eval.json")],
+                   "command line")
+
+    (tmp_path / "report.toml").write_text('title = "From a file"\n')
+    assert main(["report", str(tmp_path / "out.json"), "--out", str(tmp_path / "site"),
+                 "--config", str(tmp_path / "report.toml")]) == 0
+    assert "From a file" in (tmp_path / "site" / "index.html").read_text()

@@ -58,8 +58,11 @@ class _Parser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
 
+    source: Path | None = None  # while a --config file's options are parsed: that file
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        where = f" in {_Parser.source}" if _Parser.source is not None else ""
+        self.exit(2, f"{self.prog}: error: {message}{where} (see {self.prog} --help)\n")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -330,6 +333,60 @@ def _experiment_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     return p
 
 
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="TOML or JSON file of this command's options, named as its flags (ten_crop = true, "
+                        "batch_size = 32); flags given on the command line override it")
+    parser.set_defaults(_takes_config_file=True)
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)parser that parsed ``args``'s command."""
+    words = [args.command] + [getattr(args, a) for a in ("data_command",) if getattr(args, a, None)]
+    current = parser
+    for word in words:
+        sub = next(a for a in current._actions if isinstance(a, argparse._SubParsersAction))
+        current = sub.choices[word]
+    return current
+
+
+def _file_options(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The options of ``args.config`` as command-line tokens, for every option not given in ``argv``.
+
+    Each value goes through the flag's own parsing and checks, so a file is held to what a flag is.
+    """
+    command = _command_parser(parser, args)
+    values = read_config_file(args.config)
+    by_name = {a.dest: a for a in command._actions if a.option_strings and a.dest not in ("help", "config")}
+    positional = {a.dest for a in command._actions if not a.option_strings}
+    tokens: list[str] = []
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in positional:
+            raise ZFNetError(f"{args.config}: {name} is given on the command line, not in a config file")
+        action = by_name.get(name)
+        if action is None:
+            raise ZFNetError(f"{args.config}: unknown option {key!r} for zfnet {' '.join(command.prog.split()[1:])}; "
+                             f"valid: {', '.join(sorted(by_name))}")
+        flags = action.option_strings
+        if any(t == f or t.startswith(f + "=") for t in argv for f in flags):
+            continue  # given on the command line: the flag wins
+        flag = max(flags, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ZFNetError(f"{args.config}: {name} must be true or false, got {value!r}")
+            tokens += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            items = [str(v) for v in value]
+            tokens += [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
+        elif isinstance(value, (dict, bool)) or value is None:
+            raise ZFNetError(f"{args.config}: {name} must be a number, a string or a list, got {value!r}")
+        else:
+            tokens += [flag, str(value)]
+    return tokens
+
+
 def _cmd_generated(args: argparse.Namespace) -> int:
     """Run a generated experiment command: its Config from --config and the flags, then its run()."""
     from dataclasses import fields
@@ -372,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_synth.add_argument("--overwrite", action="store_true",
                          help="replace the synthetic set already in OUT (only the files zfnet wrote there; "
                          "files you added stay)")
+    _config_flag(p_synth)
 
     # models
     sub.add_parser("models", help="list the available models with their input sizes", formatter_class=_Formatter)
@@ -420,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_eval.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    _config_flag(p_eval)
 
     # experiments whose flags are generated from their config dataclasses
     for name in _GENERATED_COMMANDS:
@@ -447,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="report folder: new, empty, or an earlier report's (required)")
     p_report.add_argument("--title", default=None,
                           help="the report's title (default: the earlier report's in --out, else 'ZFNet report')")
+    _config_flag(p_report)
 
     return parser
 
@@ -542,7 +602,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if getattr(args, "_takes_config_file", False) and args.config is not None:
+        try:  # the file's options as flags the command line lacks: each checked as its flag is
+            tokens = _file_options(parser, args, argv)
+            _Parser.source = args.config  # the command line parsed already: an error now is the file's
+            args = parser.parse_args(argv + tokens)
+        except ZFNetError as err:
+            print(f"zfnet {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        finally:
+            _Parser.source = None
     # Under torchrun, rank 0 alone speaks: the other ranks log warnings only and print nothing to stdout.
     follower = not is_main_process()
     _setup_logging(getattr(args, "quiet", False) or follower)
