@@ -19,7 +19,7 @@ files and the pooling, and read back instead of recomputed while the fingerprint
 
 The pass is a :class:`~zfnet.scan.Scan`: under ``torchrun`` each process computes its share of the
 images (chunks of ``batch_size``, each computed together whichever process reads it) and every
-process ends with all the rows, in the data set's order, equal to one process's to the bit; rank 0
+process ends with all the rows, in the data set's order, the same as one process's; rank 0
 alone writes the cache files. The running state is saved in the cache folder as it goes, so a pass
 killed part-way continues where it was when the same call is made again.
 """
@@ -189,9 +189,9 @@ def extract_features(model: nn.Module, stream: ImageStream, normalization: Norma
         cache_dir: folder of the per-layer cache files, and of the pass's saved state while it runs
             (None: no cache, nothing saved).
         ctx: this process's place in a ``torchrun`` job (default one process): each process computes
-            its share of the images and gets every row; rank 0 alone writes the cache. Under
-            ``torchrun`` the cache folder must be one every process reads (one machine, or a shared
-            file system); a process that cannot read it makes them all compute.
+            its share of the images and gets every row; rank 0 alone writes the cache. A layer is read
+            from the cache only where every process finds it (so processes that do not share the cache
+            folder, on machines without a shared file system, compute it again).
         show_progress: a progress bar with throughput.
 
     Returns:

@@ -8,8 +8,9 @@ folder whose ``annotations.json`` gives object boxes) it also plays the *pointin
 lowers the true class's probability most has its centre inside the object's box.
 
 The pointing game, a pass over a data set, runs under ``torchrun`` (each process plays its share of the
-images; the game is the single-process one, to the bit; rank 0 alone writes) and resumes: its running
-state is saved in the output folder, and the same command run again after an interruption continues it.
+images, each played alone, so the game is the single-process one; rank 0 alone writes) and resumes: its
+running state is saved in the output folder, and the same command run again after an interruption
+continues it.
 
 Example:
     >>> from zfnet.experiments import occlusion
