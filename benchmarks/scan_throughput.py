@@ -7,9 +7,10 @@ Three measurements, each the median of ``--repeats`` alternating passes:
 
 1. **Loader** (``zfnet-cpu``, 112 px): ``--images`` JPEG files (400 x 300, decoded and resized to 128 px by
    DataLoader workers, uint8 until the crop) read through one ``ImageStream``; the plain pass runs the
-   model on every batch; the scan is :func:`zfnet.visualize.topk.search_top_activations` over conv1 ...
-   conv5 (k = 9), i.e. the traced graph, the running top-k of every map and the saved state of
-   :mod:`zfnet.scan` (saved once at the end: the default interval is 120 s).
+   model on every batch; the scan is :func:`zfnet.visualize.topk.search_top_activations` over every
+   layer, conv1 ... fc8 (k = 9; over conv1 ... conv5 alone it stops after conv5 and costs less than the
+   plain pass), i.e. the traced graph, the running top-k of every map and the bookkeeping of
+   :mod:`zfnet.scan`.
 2. **Pre-decoded** (full-size ZFNet, 224 px, ``--full-images`` images decoded once into memory): the same
    two passes, so that the model is the only bound.
 3. **Processes**: the pre-decoded ``zfnet-cpu`` scan with 1 process (all cores) and with ``--ranks``
@@ -46,7 +47,7 @@ from zfnet.models.speed import prepare_for_speed
 from zfnet.scan import plan_chunks, rank_chunks
 from zfnet.visualize.topk import search_top_activations
 
-LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]  # every layer: the model's whole pass
 
 
 def write_jpegs(root: Path, n: int, classes: int = 10) -> None:
