@@ -346,8 +346,9 @@ def search_top_activations(model: nn.Module, stream: ImageStream, indices: Seque
     like = model_like(model)
     running = [RunningTopK(name, k) for name in names]
     count = Sums(images=0.0)
+    # The weights' digest (a pass over every parameter) only where a saved state is to be matched.
     scan = Scan(indices, batch_size, ctx=ctx, state_dir=state_dir, name="top-activations",
-                fingerprint=[model_fingerprint(model), fingerprint, names, k])
+                fingerprint=None if state_dir is None else [model_fingerprint(model), fingerprint, names, k])
 
     def consume(batch, positions: torch.Tensor) -> None:
         x = inputs(batch.images)
