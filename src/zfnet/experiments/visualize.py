@@ -29,7 +29,7 @@ from torch import nn
 
 from .._io import atomic_write_json
 from ..data.folders import open_dataset
-from ..data.loader import ImageStream
+from ..data.loader import ImageStream, keeps_in_memory
 from ..data.transforms import center_crop
 from ..distributed import DistContext
 from ..errors import ZFNetError
@@ -59,7 +59,7 @@ from ..visualize.topk import (
     search_top_activations,
     top_activations,
 )
-from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, ModelSource, option, write_config
+from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WORKERS, ModelSource, option, write_config
 from .base import Result as _Result
 
 __all__ = ["Config", "Result", "run", "compare_architectures", "DEFAULT_LAYERS", "NAME", "HELP", "DESCRIPTION"]
@@ -98,6 +98,9 @@ class Config(ModelSource):
     evolution_images: int = option(256, low=1, high=MAX_COUNT,
                                    help="Fig. 4 searches a seeded subset of this many images, per snapshot")
     batch_size: int = option(32, low=1, high=MAX_BATCH, help="images per forward pass")
+    workers: int | None = option(None, low=0, high=MAX_WORKERS,
+                                 help="processes decoding the images while the model runs (default: from the "
+                                 "cores free; a split that fits in memory is decoded once, in this process)")
 
 
 @dataclass
@@ -153,7 +156,8 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
         index = _visualize(loaded, config.data, layers=config.layers, k=config.k, maps=maps, split=config.split,
                               out=out, seed=config.seed, max_images=config.max_images,
                               evolution_maps=config.evolution_maps, evolution_images=config.evolution_images,
-                              batch_size=config.batch_size, show_progress=show_progress, ctx=ctx)
+                              batch_size=config.batch_size, show_progress=show_progress, ctx=ctx,
+                              workers=config.workers)
     except ValueError as err:  # an unknown layer, a map out of range: the user's to fix
         raise ZFNetError(str(err)) from None
     files = {"index": out / "index.json", "config": out / f"{NAME}.config.json"}
@@ -169,11 +173,16 @@ class _Images:
     """The images of one search: the requested data set indices, uint8 pixels, model inputs."""
 
     def __init__(self, run: LoadedRun, data: str | Path, split: str, *, max_images: int | None, seed: int,
-                 batch_size: int, show_progress: bool) -> None:
+                 batch_size: int, show_progress: bool, workers: int | None = None, shared: bool = False) -> None:
         ds = open_dataset(data, split, run.base_size, classes=run.classes)
         if len(ds) == 0:
             raise ValueError(f"{data}/{split} holds no images")
-        self.stream = ImageStream(ds, workers=0, cache="auto", show_progress=show_progress)
+        # A split that fits in memory is decoded once, in this process; a larger one, or one shared by
+        # the processes of a torchrun job (each decodes its own share only), by workers while the model runs.
+        cache = "none" if shared else "auto"
+        on_the_fly = not keeps_in_memory(ds, cache)
+        self.stream = ImageStream(ds, workers=(workers if on_the_fly else 0), cache=cache,
+                                  show_progress=show_progress)
         indices = list(range(len(ds)))
         if max_images is not None:
             if max_images < 1:
@@ -300,7 +309,8 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
                   maps: int | Sequence[int] | None = None, split: str = "val", out: str | Path,
                   weights: str = "best", seed: int = 0, max_images: int | None = None,
                   evolution_maps: int = 8, evolution_images: int = 256, batch_size: int = 32,
-                  show_progress: bool = True, ctx: DistContext | None = None) -> dict[str, Any]:
+                  show_progress: bool = True, ctx: DistContext | None = None,
+                  workers: int | None = None) -> dict[str, Any]:
     """Write Fig. 2 per layer, the layer-1 filters, Fig. 4 per layer and ``index.json`` for a run.
 
     Args:
@@ -343,7 +353,7 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
     out.mkdir(parents=True, exist_ok=True)
     ctx = ctx or DistContext()
     images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
-                     show_progress=show_progress and ctx.is_main)
+                     show_progress=show_progress and ctx.is_main, workers=workers, shared=ctx.distributed)
     top = images.search(model, layers, k, ctx=ctx, state_dir=out, show_progress=show_progress,
                         fingerprint=model_fingerprint(loaded.mean))
 
