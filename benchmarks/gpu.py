@@ -146,7 +146,7 @@ def main() -> None:
         opt = sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
         cast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
-        def train_step():
+        def train_step(model=model, opt=opt, cast=cast):
             with cast:
                 sgd_step(model, opt, inputs(pixels), labels)
 
@@ -174,7 +174,7 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         cast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
-        def infer():
+        def infer(cast=cast):
             with torch.no_grad(), cast:
                 model(inputs(pixels))
 

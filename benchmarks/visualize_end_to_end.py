@@ -50,7 +50,8 @@ from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import center_crop
 from zfnet.experiments import visualize
 from zfnet.models import build
-from zfnet.train.checkpoint import RunFiles, load_run, save_mean, save_weights
+from zfnet.train.checkpoint import RunFiles, save_mean, save_weights
+from zfnet.train.run import load_run
 from zfnet.visualize.topk import TopK
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -20,7 +20,6 @@ from zfnet.cli import main
 from zfnet.data.transforms import Normalization, base_size, center_crop, load_image
 from zfnet.errors import CheckpointError, ZFNetError
 from zfnet.models import build
-from zfnet.train.checkpoint import LoadedRun
 from zfnet.train.external import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,6 +28,7 @@ from zfnet.train.external import (
     load_run_or_model,
     read_state_dict,
 )
+from zfnet.train.run import LoadedRun
 
 SIZE = 32  # the models' input side: 48 px images resized to base_size(32) = 37, centre-cropped to 32
 

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from helpers.trees import make_tree
 
 from zfnet.data import ImageStream, open_dataset
-from zfnet.scan import CollectiveError, Rows, Scan, Sums, gather_states, model_fingerprint, plan_chunks, rank_chunks
 from zfnet.distributed import DistContext
+from zfnet.scan import CollectiveError, Rows, Scan, Sums, gather_states, model_fingerprint, plan_chunks, rank_chunks
 from zfnet.visualize.topk import RunningTopK
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,7 @@ The public API, one import path per name (imported on first use, so ``import zfn
 
 =========================  =======================================================================
 ``build``, ``list_models``  the model zoo: ZFNet, AlexNet, their variants; ``parameter_count`` (``zfnet.models``)
-``load_run``                a trained run's model with its preprocessing (``zfnet.train.checkpoint``)
+``load_run``                a trained run's model with its preprocessing (``zfnet.train.run``)
 ``load_model``              any model for the analyses: a run, or ``FILE.py:FACTORY`` (``zfnet.train.external``)
 ``train``, ``TrainConfig``  the paper's training recipe (``zfnet.train``)
 ``evaluate_runs``           top-1/top-5 error, 10 crops, ensembles (``zfnet.train.evaluate``)
@@ -39,7 +39,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "model_info": ("zfnet.models", "model_info"),
     "renormalize_filters_": ("zfnet.models", "renormalize_filters_"),
     "parameter_count": ("zfnet.models", "parameter_count"),
-    "load_run": ("zfnet.train.checkpoint", "load_run"),
+    "load_run": ("zfnet.train.run", "load_run"),
     "load_model": ("zfnet.train.external", "load_run_or_model"),
     "train": ("zfnet", "train"),  # the package zfnet.train, callable as the training loop
     "TrainConfig": ("zfnet.train.config", "TrainConfig"),

@@ -22,7 +22,7 @@ from zfnet.errors import ZFNetError
 from zfnet.experiments.correspondence import Config, Result, default_layer_pair, run
 from zfnet.models import build
 from zfnet.paper import PAPER_TABLE1
-from zfnet.train.checkpoint import LoadedRun, load_run
+from zfnet.train.run import LoadedRun, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

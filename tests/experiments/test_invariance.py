@@ -13,7 +13,7 @@ from PIL import Image
 from zfnet.cli import main
 from zfnet.errors import ZFNetError
 from zfnet.experiments.invariance import Config, Result, run
-from zfnet.train.checkpoint import LoadedRun, load_run
+from zfnet.train.run import LoadedRun, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from zfnet.cli import main
 from zfnet.data.annotations import map_box
 from zfnet.data.transforms import center_crop, load_image
 from zfnet.experiments.occlusion import Config, default_window, pointing_game, run
-from zfnet.train.checkpoint import load_run
+from zfnet.train.run import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

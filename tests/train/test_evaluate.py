@@ -9,8 +9,8 @@ from helpers.runs import default_init_
 from helpers.trees import make_tree
 
 from zfnet.models import build
-from zfnet.train.checkpoint import LoadedRun
 from zfnet.train.evaluate import average, predict_runs
+from zfnet.train.run import LoadedRun
 
 
 def _loaded(seed: int, classes: list[str]) -> LoadedRun:

@@ -8,7 +8,7 @@ import pytest
 
 from zfnet.errors import CheckpointError
 from zfnet.train import TrainConfig, train
-from zfnet.train.run import Run
+from zfnet.train.run import LoadedRun, Run, load_run
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,20 @@ def test_the_model_is_loaded_once_per_weights(run_dir, monkeypatch):
     assert run.model() is run.model() and run.model("last") is run.model("last")
     assert calls == ["best", "last"]
     assert run.model().input_size == 64 and run.model().classes == run.classes
+
+
+def test_a_loaded_model_knows_its_run_folder_and_an_outside_model_has_none(run_dir):
+    root, _ = run_dir
+    run = Run.open(root)
+    assert run.model().run is run  # the folder already read comes with the model
+    loaded = load_run(root, "last")
+    assert loaded.run is not None and loaded.run.root == root and loaded.run.snapshots == [1, 2]
+    assert loaded.run is loaded.run  # read once
+    import torch
+
+    outside = LoadedRun(root, torch.nn.Identity(), loaded.mean, loaded.classes, loaded.class_names, {},
+                        factory=torch.nn.Identity)
+    assert not outside.is_run and outside.run is None
 
 
 def test_not_a_run_is_a_clear_error(tmp_path):

@@ -179,7 +179,7 @@ def extract_features(model: nn.Module, stream: ImageStream, normalization: Norma
             fast inference form, in place. Its device is used.
         stream: the images (uint8 at the base size of the normalisation's mean image).
         normalization: how pixels become the model's input (a run's
-            :attr:`~zfnet.train.checkpoint.LoadedRun.normalization`).
+            :attr:`~zfnet.train.run.LoadedRun.normalization`).
         input_size: the model's crop side.
         layers: which layers: an ``nn.Sequential``'s children, another model's submodules (default:
             conv1 ... conv5, fc6, fc7).

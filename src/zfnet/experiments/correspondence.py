@@ -53,7 +53,7 @@ from ..errors import ZFNetError
 from ..graph import trace
 from ..paper import PAPER_TABLE1
 from ..results import Figure, Report, Table, write_results
-from ..train.checkpoint import LoadedRun
+from ..train.run import LoadedRun
 from ..visualize.analysis_figures import draw_correspondence
 from ..visualize.layers import default_layers
 from .base import MAX_SEED, ModelSource, option, write_config

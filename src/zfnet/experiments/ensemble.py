@@ -30,9 +30,9 @@ from ..distributed import resolve_device
 from ..errors import ZFNetError
 from ..paper import PAPER_TABLE2
 from ..results import Report, Table, write_results
-from ..train.checkpoint import LoadedRun, RunFiles, read_weights_metadata
+from ..train.checkpoint import RunFiles, read_weights_metadata
 from ..train.evaluate import Predictions, average, predict_runs
-from ..train.run import architecture_name
+from ..train.run import LoadedRun, architecture_name
 from .base import DEVICE, MAX_BATCH, MAX_WORKERS, Options, option, write_config
 from .base import Result as _Result
 

@@ -33,7 +33,7 @@ from ..data.folders import open_dataset
 from ..data.transforms import center_crop
 from ..errors import ZFNetError
 from ..results import Figure, Report, Table, write_results
-from ..train.checkpoint import LoadedRun
+from ..train.run import LoadedRun
 from ..visualize.analysis_figures import draw_invariance
 from .base import MAX_SEED, MAX_SIDE, ModelSource, option, write_config
 from .base import Result as _Result

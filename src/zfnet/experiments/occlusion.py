@@ -39,7 +39,7 @@ from ..errors import ImageError, ZFNetError
 from ..progress import progress
 from ..results import Figure, Report, Table, write_results
 from ..scan import Rows, Scan, model_fingerprint
-from ..train.checkpoint import LoadedRun
+from ..train.run import LoadedRun
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.layers import default_layers, traced_deconvnet
 from ..visualize.occlusion_figure import draw_occlusion

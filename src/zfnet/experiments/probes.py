@@ -41,7 +41,7 @@ from ..data.loader import ImageStream
 from ..errors import ZFNetError
 from ..paper import PAPER_PROBES
 from ..results import Figure, Report, Table, mean_std, new_figure, save_figure, write_results
-from ..train.checkpoint import LoadedRun
+from ..train.run import LoadedRun
 from .base import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WORKERS, ModelSource, option, write_config
 from .base import Result as _Result
 from .ledger import Ledger

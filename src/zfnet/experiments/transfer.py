@@ -46,7 +46,7 @@ from ..distributed import DistContext
 from ..paper import PAPER_TRANSFER, PAPER_VOC_MAP, PAPER_VOC_PUBLISHED_BEST
 from ..progress import progress
 from ..results import Figure, Report, Table, mean_std, new_figure, save_figure, write_results
-from ..train.checkpoint import LoadedRun
+from ..train.run import LoadedRun
 from ..train.scratch import SCRATCH_STEPS, ScratchRecipe, predict_labels, train_from_scratch
 from . import probes
 from .base import MAX_COUNT, MAX_SEED, option, write_config

@@ -35,8 +35,8 @@ from ..distributed import DistContext
 from ..errors import ZFNetError
 from ..progress import progress
 from ..scan import gather_tensor, model_fingerprint
-from ..train.checkpoint import LoadedRun, RunFiles, load_model, load_run
-from ..train.run import Run
+from ..train.checkpoint import load_model
+from ..train.run import LoadedRun, load_run
 from ..visualize.deconvnet import Deconvnet
 from ..visualize.figures import (
     aliasing,
@@ -407,7 +407,7 @@ def _write_rest(index: dict[str, Any], loaded: LoadedRun, model: nn.Module, imag
     index["figures"]["filters-conv1"] = draw_filters(conv1.weight, out / "filters-conv1.png",
                                                      title=f"{_model_name(loaded)} layer-1 filters").name
 
-    epochs = RunFiles(loaded.root).list_snapshots() if loaded.is_run else []
+    epochs = loaded.run.snapshots if loaded.run is not None else []
     if epochs:
         figures, strips = _evolution(loaded, images, layers, shown, epochs, out, evolution_maps=evolution_maps,
                                      evolution_images=evolution_images, seed=seed, show_progress=show_progress)
@@ -445,7 +445,7 @@ def _evolution(loaded: LoadedRun, images: _Images, layers: list[str], shown: dic
     x = images.inputs(images.pixels([images.requested[i] for i in subset], readable_only=True))
     maps = {layer: shown[layer][:max(1, evolution_maps)] for layer in layers}
     per_layer: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    files = RunFiles(loaded.root)
+    files = loaded.run.files
     for epoch in progress(epochs, desc="snapshots", unit="it", enabled=show_progress):
         model, _ = load_model(files.snapshot(epoch))
         top = top_activations(model, x.split(images.batch_size), layers, k=1)
@@ -479,7 +479,7 @@ def _rel(path: Path, out: Path) -> str:
 
 
 def _run_data(run: LoadedRun) -> str:
-    config = Run(run.root).config
+    config = run.run.config if run.run is not None else None
     if config is None:
         raise ValueError(f"no data given and {run.root} has no config.json naming its data")
     return config.data

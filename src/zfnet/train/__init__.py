@@ -8,15 +8,16 @@ package (``from zfnet import train; train(config)``) runs the training loop, sin
 import sys
 import types
 
-from .checkpoint import LoadedRun, RunFiles, load_model, load_run, load_state, save_weights
+from .checkpoint import RunFiles, load_model, load_state, save_weights
 from .config import PAPER_SNAPSHOTS, TrainConfig, load_config_file
 from .evaluate import EvalReport, EvalResult, evaluate_runs, predict, topk_errors
 from .loop import TrainResult, train
+from .run import LoadedRun, Run, load_run
 
 __all__ = [
     "TrainConfig", "load_config_file", "PAPER_SNAPSHOTS", "train", "TrainResult",
     "evaluate_runs", "EvalReport", "EvalResult", "predict", "topk_errors",
-    "RunFiles", "LoadedRun", "load_run", "load_model", "load_state", "save_weights",
+    "RunFiles", "Run", "LoadedRun", "load_run", "load_model", "load_state", "save_weights",
 ]
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from .._io import atomic_write, atomic_write_json, folder_entries
 from .._validate import Limits, check_fields, check_value, limits
-from ..data.transforms import Normalization, base_size
+from ..data.transforms import base_size
 from ..errors import CheckpointError, TrainingDiverged, ZFNetError
 from ..models import build, model_config
 from ..models.convnet import MAX_CLASSES, MAX_INPUT_SIZE
@@ -50,7 +50,7 @@ from .config import MAX_EPOCHS, TrainConfig
 
 __all__ = [
     "save_state", "load_state", "save_weights", "load_weights", "load_model", "RunFiles",
-    "save_mean", "load_mean", "STATE_FORMAT", "LoadedRun", "load_run", "read_torch_file",
+    "save_mean", "load_mean", "STATE_FORMAT", "RunModel", "read_run", "read_torch_file",
     "WeightsMetadata", "read_weights_metadata", "read_classes", "load_run_config", "shape_problems",
     "first_nonfinite", "RUN_MARKER", "RUN_FORMAT", "write_run_marker", "is_run_dir", "check_resumable",
 ]
@@ -491,69 +491,6 @@ class RunFiles:
         return sorted(out)
 
 
-@dataclass
-class LoadedRun:
-    """A trained model with what it needs to preprocess images: normalisation, classes, input size.
-
-    A zfnet run (:func:`load_run`) subtracts its training mean image; a model zfnet did not train
-    (:func:`zfnet.train.external.load_external`) carries a per-channel mean and ``std``. Jobs turn
-    0-255 pixels into the model's input with :meth:`normalize` only.
-
-    Attributes:
-        root: the run directory (for another model: its ``--model`` spec, as a path).
-        model: the network, in eval mode.
-        mean: (3, S, S) mean image at the base size S, 0-255.
-        classes: class folder names in output order; class_names: their readable names.
-        metadata: the weights file's metadata (``model``, ``model_options`` ...).
-        std: (3, 1, 1) per-channel divisor on the 0-255 scale; None (a zfnet run): no division.
-        input_size: the side of the model's input crop; None: the model's ``config.input_size``.
-        weights: which weights were loaded (``best``, ``last``, ``epoch-N`` or a file).
-        factory: for a model zfnet did not train, the function that builds it afresh.
-    """
-
-    root: Path
-    model: nn.Module
-    mean: torch.Tensor
-    classes: list[str]
-    class_names: list[str]
-    metadata: dict[str, Any]
-    std: torch.Tensor | None = None
-    input_size: int | None = None
-    weights: str = "best"
-    factory: Callable[[], nn.Module] | None = None
-
-    def __post_init__(self) -> None:
-        if self.input_size is None:
-            config = getattr(self.model, "config", None)
-            if config is not None and hasattr(config, "input_size"):
-                self.input_size = int(config.input_size)
-
-    @property
-    def is_run(self) -> bool:
-        """True for a zfnet run (with its directory's snapshots and config), False for another model."""
-        return self.factory is None
-
-    @property
-    def base_size(self) -> int:
-        return int(self.mean.shape[-1])
-
-    @property
-    def normalization(self) -> Normalization:
-        """The model's input normalisation at the base size."""
-        return Normalization(self.mean, self.std)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """0-255 pixels at the base size (..., 3, S, S) -> the model's input, float32 (crop it after)."""
-        return self.normalization(pixels)
-
-    def untrained(self) -> nn.Module:
-        """The same architecture at its initialisation (random weights), in eval mode."""
-        if self.factory is not None:
-            return self.factory().eval()
-        meta = self.metadata
-        return build(meta["model"], num_classes=len(self.classes), **meta.get("model_options", {})).eval()
-
-
 def _read_json(path: Path, what: str) -> Any:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not the run's {what}")
@@ -606,14 +543,27 @@ def load_run_config(path: str | Path) -> TrainConfig:
         raise CheckpointError(str(err)) from None
 
 
-def load_run(run: str | Path, weights: str = "best") -> LoadedRun:
-    """Load a run directory's model (``best``, ``last`` or ``epoch-N`` weights) for inference.
+@dataclass(frozen=True)
+class RunModel:
+    """A run directory's model read and checked against the run's other files (see :func:`read_run`)."""
+
+    root: Path
+    model: nn.Module
+    mean: torch.Tensor
+    classes: list[str]
+    class_names: list[str]
+    metadata: dict[str, Any]
+    weights: str
+
+
+def read_run(run: str | Path, weights: str = "best") -> RunModel:
+    """Read a run directory's model (``best``, ``last`` or ``epoch-N`` weights) and its preprocessing.
 
     A path to a ``.safetensors`` file inside a run is accepted too. Everything is checked against
     everything else before the model is built: the weights' metadata by type and range, its class
     count against ``classes.json``, its model and options against ``config.json`` (when the run has
     one), the mean image's size against the model's input, and the file's tensor shapes against the
-    model (see :func:`load_model`).
+    model (see :func:`load_model`). :func:`zfnet.train.run.load_run` gives it as a ``LoadedRun``.
 
     Raises:
         CheckpointError: not a run directory, its files are missing or unreadable, or they disagree
@@ -648,4 +598,4 @@ def load_run(run: str | Path, weights: str = "best") -> LoadedRun:
     mean = load_mean(files.mean, size=base_size(config.input_size))
     model, meta = load_model(weights_path)
     which = weights_path.name if Path(run).is_file() else weights
-    return LoadedRun(root, model, mean, classes, names, meta, weights=which)
+    return RunModel(root, model, mean, classes, names, meta, which)

@@ -20,7 +20,7 @@ from ..distributed import DistContext, setup
 from ..errors import ZFNetError
 from ..models.speed import prepare_for_speed
 from ..scan import Rows, Scan
-from .checkpoint import LoadedRun, load_run
+from .run import LoadedRun, load_run
 
 __all__ = ["predict", "topk_errors", "EvalResult", "EvalReport", "Predictions", "average", "predict_runs",
            "evaluate_runs"]

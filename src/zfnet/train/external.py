@@ -42,7 +42,8 @@ from ..data.folders import find_classes
 from ..data.transforms import Normalization, base_size
 from ..errors import CheckpointError, ZFNetError
 from ..models.convnet import MAX_INPUT_SIZE
-from .checkpoint import LoadedRun, first_nonfinite, load_run, load_weights, read_torch_file, shape_problems
+from .checkpoint import first_nonfinite, load_weights, read_torch_file, shape_problems
+from .run import LoadedRun, load_run
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "INPUT_SIZES", "DEFAULT_INPUT_SIZE",
@@ -321,7 +322,7 @@ def load_external(spec: str, *, weights: str | Path | None = None, input_size: i
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   classes: str | Path | None = None, data: str | Path | None = None,
                   split: str = "val") -> LoadedRun:
-    """A model zfnet did not train, as a :class:`~zfnet.train.checkpoint.LoadedRun` every job accepts.
+    """A model zfnet did not train, as a :class:`~zfnet.train.run.LoadedRun` every job accepts.
 
     Args:
         spec: ``FILE.py:FACTORY`` or ``package.module:FACTORY``; the factory takes no arguments.

@@ -3,7 +3,7 @@
 :class:`Run` reads a run directory lazily and checks what it reads: its configuration, its per-epoch
 metrics, the epochs it finished, its weight snapshots, and its model's metadata from a weights file's
 header (no tensor is read). :meth:`Run.model` loads the weights once per choice (``best``, ``last``,
-``epoch-N``) and returns the :class:`~zfnet.train.checkpoint.LoadedRun` every experiment takes: the
+``epoch-N``) and returns the :class:`LoadedRun` every experiment takes: the
 model with its preprocessing (mean image, input size, classes). So a caller that runs several
 experiments on one run (the demo) loads it once.
 
@@ -19,24 +19,31 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from .._validate import check_value
+from ..data.transforms import Normalization
 from ..errors import CheckpointError, ZFNetError
+from ..models import build
 from .checkpoint import (
-    LoadedRun,
     RunFiles,
     check_resumable,
-    load_run,
     load_run_config,
     read_classes,
+    read_run,
     read_weights_metadata,
 )
 from .config import TrainConfig, load_config_file
 
-__all__ = ["Run", "MAX_METRIC_LINES", "training_config", "architecture_name", "FIXED_ON_RESUME"]
+__all__ = ["Run", "LoadedRun", "load_run", "MAX_METRIC_LINES", "training_config", "architecture_name",
+           "FIXED_ON_RESUME"]
 
 FIXED_ON_RESUME = ("model", "model_options", "data", "seed", "layout")
 """What a resumed run cannot change."""
@@ -129,8 +136,105 @@ class Run:
     def model(self, weights: str = "best") -> LoadedRun:
         """Its model with ``weights`` (``best``, ``last`` or ``epoch-N``) and its preprocessing, loaded once."""
         if weights not in self._loaded:
-            self._loaded[weights] = load_run(self.root, weights)
+            loaded = load_run(self.root, weights)
+            loaded._folder = self  # the folder read so far comes with the model
+            self._loaded[weights] = loaded
         return self._loaded[weights]
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with what it needs to preprocess images: normalisation, classes, input size.
+
+    A zfnet run (:func:`load_run`, :meth:`Run.model`) subtracts its training mean image; a model zfnet
+    did not train (:func:`zfnet.train.external.load_external`) carries a per-channel mean and ``std``.
+    Experiments take this one kind of object whichever it is, and turn 0-255 pixels into the model's
+    input with :meth:`normalize` only; a zfnet run's folder (its configuration, metrics, snapshots) is
+    :attr:`run`.
+
+    Attributes:
+        root: the run directory (for another model: its ``--model`` spec, as a path).
+        model: the network, in eval mode.
+        mean: (3, S, S) mean image at the base size S, 0-255.
+        classes: class folder names in output order; class_names: their readable names.
+        metadata: the weights file's metadata (``model``, ``model_options`` ...).
+        std: (3, 1, 1) per-channel divisor on the 0-255 scale; None (a zfnet run): no division.
+        input_size: the side of the model's input crop; None: the model's ``config.input_size``.
+        weights: which weights were loaded (``best``, ``last``, ``epoch-N`` or a file).
+        factory: for a model zfnet did not train, the function that builds it afresh.
+    """
+
+    root: Path
+    model: nn.Module
+    mean: torch.Tensor
+    classes: list[str]
+    class_names: list[str]
+    metadata: dict[str, Any]
+    std: torch.Tensor | None = None
+    input_size: int | None = None
+    weights: str = "best"
+    factory: Callable[[], nn.Module] | None = None
+    _folder: Run | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.input_size is None:
+            config = getattr(self.model, "config", None)
+            if config is not None and hasattr(config, "input_size"):
+                self.input_size = int(config.input_size)
+
+    @property
+    def is_run(self) -> bool:
+        """True for a zfnet run (with its directory's snapshots and config), False for another model."""
+        return self.factory is None
+
+    @property
+    def run(self) -> Run | None:
+        """The run folder this model was loaded from (its configuration, metrics, snapshots); None for a
+        model zfnet did not train."""
+        if not self.is_run:
+            return None
+        if self._folder is None:
+            self._folder = Run(self.root)
+        return self._folder
+
+    @property
+    def base_size(self) -> int:
+        return int(self.mean.shape[-1])
+
+    @property
+    def normalization(self) -> Normalization:
+        """The model's input normalisation at the base size."""
+        return Normalization(self.mean, self.std)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0-255 pixels at the base size (..., 3, S, S) -> the model's input, float32 (crop it after)."""
+        return self.normalization(pixels)
+
+    def untrained(self) -> nn.Module:
+        """The same architecture at its initialisation (random weights), in eval mode."""
+        if self.factory is not None:
+            return self.factory().eval()
+        meta = self.metadata
+        return build(meta["model"], num_classes=len(self.classes), **meta.get("model_options", {})).eval()
+
+
+def load_run(run: str | Path, weights: str = "best") -> LoadedRun:
+    """Load a run directory's model (``best``, ``last`` or ``epoch-N`` weights) for inference, with its
+    preprocessing; every file checked against the others (:func:`~zfnet.train.checkpoint.read_run`).
+
+    A path to a ``.safetensors`` file inside a run is accepted too.
+
+    Raises:
+        CheckpointError: not a run directory, its files are missing or unreadable, or they disagree.
+
+    Example:
+        >>> loaded = load_run("runs/zfnet")  # doctest: +SKIP
+        >>> loaded.run.snapshots, loaded.input_size  # doctest: +SKIP
+        ([1, 2, 5, 10, 20], 112)
+    """
+    parts = read_run(run, weights)
+    return LoadedRun(parts.root, parts.model, parts.mean, parts.classes, parts.class_names, parts.metadata,
+                     weights=parts.weights)
 
 
 def architecture_name(metadata: dict[str, Any]) -> str:
