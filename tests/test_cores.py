@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
 from zfnet import cores
+
+
+@pytest.fixture(autouse=True)
+def _measured_afresh():
+    """Each test measures its own machine, and leaves no measurement of a fake one to later tests."""
+    cores.process_free_cores.cache_clear()
+    yield
+    cores.process_free_cores.cache_clear()
 
 
 class FakeClock:
@@ -54,6 +63,7 @@ def fake_machine(monkeypatch, cpus, stats=None, *, files=None, own_per_second=0.
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(affinity if affinity is not None else cpus))
     monkeypatch.setattr(cores, "time", FakeClock(own_per_second))
     monkeypatch.setattr(os, "sysconf", lambda name: 100)  # clock ticks per second
+    monkeypatch.setattr(cores, "_THREADS_AT_IMPORT", torch.get_num_threads())  # no count set by the program
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
 
@@ -162,9 +172,12 @@ def test_plan_gives_threads_every_free_core_when_the_images_are_in_memory(monkey
     assert cores.plan_threads(0, free=3, streaming=False) == cores.ThreadPlan(3, 0, 3, "free cores")
 
 
-def test_plan_measures_when_not_told(monkeypatch):
+def test_plan_measures_once_per_process(monkeypatch):
+    # one window of readings: a second measurement would find none
     fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}))
     assert cores.plan_threads(streaming=False) == cores.ThreadPlan(1, 0, 1, "free cores")
+    assert cores.plan_threads(streaming=True) == cores.ThreadPlan(1, 0, 1, "free cores")
+    assert cores.process_free_cores() == 1
 
 
 def test_threads_stay_within_the_physical_cores(monkeypatch):
@@ -176,21 +189,25 @@ def test_threads_stay_within_the_physical_cores(monkeypatch):
     assert cores.plan_threads(free=4, streaming=False).threads == 2
 
 
-def test_omp_num_threads_wins(monkeypatch):
+def test_omp_num_threads_wins_over_the_free_cores(monkeypatch):
     fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: BUSY, 1: IDLE}))
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    plan = cores.plan_threads(streaming=False)
-    assert plan == cores.ThreadPlan(3, 0, 1, "OMP_NUM_THREADS")
-    # and apply leaves torch's threads alone: OpenMP read the variable when torch started
-    before = torch.get_num_threads()
-    assert cores.apply(cores.ThreadPlan(before + 1, 0, 1, "OMP_NUM_THREADS")) == before
-    assert torch.get_num_threads() == before
+    assert cores.plan_threads(streaming=False) == cores.ThreadPlan(3, 0, 1, "OMP_NUM_THREADS")
+
+
+def test_a_count_the_program_set_wins_over_omp_num_threads(monkeypatch):
+    fake_machine(monkeypatch, {0, 1}, None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(cores, "_THREADS_AT_IMPORT", torch.get_num_threads() + 1)  # torch.set_num_threads since
+    plan = cores.plan_threads(free=2, streaming=False)
+    assert plan == cores.ThreadPlan(torch.get_num_threads(), 2, 2, "torch.set_num_threads")
 
 
 def test_an_explicit_thread_count_wins_over_everything(monkeypatch):
     fake_machine(monkeypatch, {0, 1}, window({c: START[c] for c in (0, 1)}, {0: IDLE, 1: IDLE}))
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cores.plan_threads(free=2, threads=5, streaming=False) == cores.ThreadPlan(5, 2, 2, "argument")
+    monkeypatch.setattr(cores, "_THREADS_AT_IMPORT", torch.get_num_threads() + 1)
+    assert cores.plan_threads(free=2, threads=5, streaming=False) == cores.ThreadPlan(5, 2, 2, "asked for")
 
 
 def test_omp_num_threads_that_is_not_a_count_is_ignored(monkeypatch):
@@ -207,8 +224,9 @@ def test_nothing_is_measured_when_the_user_chose_both(monkeypatch):
         raise AssertionError("measured the free cores")
 
     monkeypatch.setattr(cores, "free_cores", measured)
+    monkeypatch.setattr(cores, "_THREADS_AT_IMPORT", torch.get_num_threads())
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cores.plan_threads(2, threads=1) == cores.ThreadPlan(1, 2, None, "argument")
+    assert cores.plan_threads(2, threads=1) == cores.ThreadPlan(1, 2, None, "asked for")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cores.plan_threads(0) == cores.ThreadPlan(2, 0, None, "OMP_NUM_THREADS")
     assert "not measured" in str(cores.plan_threads(0))
@@ -239,3 +257,78 @@ def test_on_this_machine(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert 1 <= cores.free_cores(window=0.05) <= cores.allowed_cores()
     assert 0.0 <= cores.busy_cores(window=0.05) <= len(cores.allowed_cpus())
+
+
+# --------------------------------------------------------------------------- training plans its threads once
+def _plans(monkeypatch, free: int) -> list[cores.ThreadPlan]:
+    """The plans training applies from now on, on a machine of ``free`` free cores and no count set by anyone."""
+    applied = []
+    real = cores.apply
+
+    def spy(plan):
+        applied.append(plan)
+        return real(plan)
+
+    monkeypatch.setattr(cores, "apply", spy)
+    monkeypatch.setattr(cores, "free_cores", lambda window=cores.WINDOW: free)
+    monkeypatch.setattr(cores, "_THREADS_AT_IMPORT", torch.get_num_threads())
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores.process_free_cores.cache_clear()
+    return applied
+
+
+def _train(data, out, *, resume=False, **kw):
+    from zfnet.train import TrainConfig, train
+
+    config = dict(data=str(data), out=str(out), model="zfnet-tiny", epochs=1, batch_size=8, workers=0,
+                  snapshots=(1,), lr_patience=5)
+    return train(TrainConfig(**{**config, **kw}), resume=resume, show_progress=False)
+
+
+def _saved_threads(run):
+    return json.loads((run / "config.json").read_text()).get("threads")
+
+
+def test_training_takes_the_free_cores_keeps_the_count_and_restores_the_callers(tiny_tree, tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    applied = _plans(monkeypatch, free=1)
+    _train(tiny_tree, tmp_path / "run")
+    assert [p.threads for p in applied] == [1] and applied[0].threads_from == "free cores"
+    assert _saved_threads(tmp_path / "run") == 1
+    assert torch.get_num_threads() == before  # the caller's count, back
+
+
+def test_a_resumed_run_keeps_its_thread_count_whatever_the_load(tiny_tree, tmp_path, monkeypatch):
+    # the count changes how torch rounds its sums: the resumed epochs compute as the uninterrupted run's
+    _plans(monkeypatch, free=1)
+    _train(tiny_tree, tmp_path / "run")
+    cores.process_free_cores.cache_clear()
+    applied = _plans(monkeypatch, free=2)
+    _train(tiny_tree, tmp_path / "run", epochs=2, resume=True)
+    assert [(p.threads, p.threads_from) for p in applied] == [(1, "asked for")]
+    assert _saved_threads(tmp_path / "run") == 1
+
+
+def test_a_run_saved_before_threads_were_kept_resumes_on_torchs_count(tiny_tree, tmp_path, monkeypatch):
+    from zfnet.train.checkpoint import load_state, save_state
+
+    _plans(monkeypatch, free=1)
+    run = tmp_path / "run"
+    _train(tiny_tree, run)
+    config = json.loads((run / "config.json").read_text())
+    del config["threads"]
+    (run / "config.json").write_text(json.dumps(config))
+    state = load_state(run / "last.pt")
+    del state["config"]["threads"]
+    save_state(run / "last.pt", state)
+    applied = _plans(monkeypatch, free=1)
+    _train(tiny_tree, run, epochs=2, resume=True)
+    assert [p.threads for p in applied] == [torch.get_num_threads()]  # what the run had before this option
+
+
+def test_a_thread_count_in_the_configuration_wins(tiny_tree, tmp_path, monkeypatch):
+    applied = _plans(monkeypatch, free=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _train(tiny_tree, tmp_path / "run", threads=2)
+    assert [(p.threads, p.threads_from) for p in applied] == [(2, "asked for")]
+    assert _saved_threads(tmp_path / "run") == 2

@@ -14,21 +14,30 @@ The policy, read once when training starts:
    1-minute average lags by minutes and is not used; its count of running tasks, an instant, is the
    fallback where ``/proc/stat`` cannot be read; elsewhere (not Linux) nothing is taken as busy.
 3. **Free**: allowed minus busy, shared equally by the ``LOCAL_WORLD_SIZE`` processes ``torchrun`` starts
-   on this machine, rounded to the nearest core, at least 1 (:func:`free_cores`).
+   on this machine, rounded to the nearest core, at least 1 (:func:`free_cores`). A process measures
+   once, for its first plan (:func:`process_free_cores`): every run of one process then computes alike,
+   and later plans cost nothing.
 4. **Plan** (:func:`plan_threads`): when the images are decoded during training (streamed, not kept in
    memory), the free cores are split: half, at most 8, go to DataLoader workers, the rest to torch's
    threads. When they are kept in memory the workers only fill the cache before training (one per free
    core, none with one core) and torch's threads take every free core. Threads never exceed the
    physical cores among the allowed ones (two hyperthreads of a core share its arithmetic units).
-5. **The user wins**: an explicit thread count (an argument), else ``OMP_NUM_THREADS``, sets the
-   threads; an explicit worker count sets the workers. ``torchrun`` sets ``OMP_NUM_THREADS=1`` for each
-   of several local processes unless it is set already; that counts as set.
+5. **The user wins**: an explicit thread count (an argument), else a count the program set with
+   ``torch.set_num_threads`` (one that differs from torch's when this module was imported), else
+   ``OMP_NUM_THREADS``, sets the threads; an explicit worker count sets the workers. ``torchrun`` sets
+   ``OMP_NUM_THREADS=1`` for each of several local processes unless it is set already; that counts too.
+
+The thread count changes the order in which torch sums (a convolution's gradient split over 2 threads
+rounds differently from 1), so two runs compute bit for bit alike only on the same count: training
+keeps a run's count when it resumes (``TrainConfig.threads``), and runs meant to be compared across
+processes pin it (``OMP_NUM_THREADS``). The workers change nothing in the results.
 
 :func:`apply` sets torch's thread count from a plan, once; nothing here runs in the background.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -37,12 +46,13 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["WINDOW", "MAX_WORKERS", "ThreadPlan", "allowed_cpus", "allowed_cores", "busy_cores", "free_cores",
-           "local_processes", "physical_cores", "plan_threads", "apply"]
+           "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply"]
 
 WINDOW = 0.2
 """Seconds over which other processes' load is measured: 20 clock ticks per core at Linux's 100 Hz."""
 MAX_WORKERS = 8
 """The most DataLoader workers chosen by default (a user may ask for more)."""
+_THREADS_AT_IMPORT = torch.get_num_threads()  # torch's own count, unless the program had set one already
 
 
 def _read_text(path: str) -> str | None:
@@ -167,6 +177,12 @@ def free_cores(window: float = WINDOW) -> int:
     return max(1, math.floor(free / local_processes() + 0.5))
 
 
+@functools.cache
+def process_free_cores() -> int:
+    """:func:`free_cores`, measured the first time this process asks and then kept."""
+    return free_cores()
+
+
 def _env_threads() -> int | None:
     """``OMP_NUM_THREADS`` as a count (its first entry), None when unset or not a positive number."""
     text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
@@ -181,7 +197,8 @@ class ThreadPlan:
         threads: torch's intra-op threads.
         workers: DataLoader worker processes.
         free: the free cores the plan was made from (None: not measured, the user set both).
-        threads_from: what set ``threads``: ``"argument"``, ``"OMP_NUM_THREADS"`` or ``"free cores"``.
+        threads_from: what set ``threads``: ``"asked for"``, ``"torch.set_num_threads"``,
+            ``"OMP_NUM_THREADS"`` or ``"free cores"``.
     """
 
     threads: int
@@ -201,11 +218,12 @@ def plan_threads(workers_wanted: int | None = None, *, threads: int | None = Non
 
     Args:
         workers_wanted: the workers asked for (None: chosen from the free cores).
-        threads: the threads asked for (None: ``OMP_NUM_THREADS`` if set, else chosen).
+        threads: the threads asked for (None: a count the program set, else ``OMP_NUM_THREADS`` if
+            set, else chosen).
         streaming: the images are decoded while the model computes (not kept in memory), so the
             workers' cores are not the threads'.
-        free: the free cores, if already measured (None: :func:`free_cores`, which takes 0.2 s, unless
-            the threads and the workers are both given).
+        free: the free cores, if already measured (None: :func:`process_free_cores`, which takes 0.2 s
+            the first time, unless the threads and the workers are both given).
 
     Returns:
         A :class:`ThreadPlan`.
@@ -224,11 +242,13 @@ def plan_threads(workers_wanted: int | None = None, *, threads: int | None = Non
     if free is not None and free < 1:
         raise ValueError(f"free must be 1 or more, got {free}")
     if threads is not None:
-        source = "argument"
+        source = "asked for"
+    elif (current := torch.get_num_threads()) != _THREADS_AT_IMPORT:
+        threads, source = current, "torch.set_num_threads"
     elif (threads := _env_threads()) is not None:
         source = "OMP_NUM_THREADS"
     if free is None and (workers_wanted is None or threads is None):  # measured only when it decides something
-        free = free_cores()
+        free = process_free_cores()
     if workers_wanted is not None:
         workers = int(workers_wanted)
     elif streaming:
@@ -245,12 +265,12 @@ def plan_threads(workers_wanted: int | None = None, *, threads: int | None = Non
 
 
 def apply(plan: ThreadPlan) -> int:
-    """Set torch's intra-op threads to the plan's (left alone when ``OMP_NUM_THREADS`` set them).
+    """Set torch's intra-op threads to the plan's.
 
     Returns:
         The thread count before, to restore when the work is done.
     """
     before = torch.get_num_threads()
-    if plan.threads_from != "OMP_NUM_THREADS" and plan.threads != before:
+    if plan.threads != before:
         torch.set_num_threads(plan.threads)
     return before

@@ -114,13 +114,24 @@ def test_loading_draws_nothing_from_torchs_global_generator(folder):
         assert torch.equal(drawn, torch.rand(3))
 
 
-def test_default_workers_come_from_the_free_cores(folder, monkeypatch):
-    monkeypatch.setattr(cores, "free_cores", lambda window=cores.WINDOW: 4)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+@pytest.fixture
+def free_cores(monkeypatch):
+    """Set the free cores a process measures: ``free_cores(n)``; the real measurement is back after the test."""
+
+    def set_free(n: int) -> None:
+        monkeypatch.setattr(cores, "free_cores", lambda window=cores.WINDOW: n)
+        cores.process_free_cores.cache_clear()
+
+    yield set_free
+    cores.process_free_cores.cache_clear()
+
+
+def test_default_workers_come_from_the_free_cores(folder, free_cores):
+    free_cores(4)
     assert default_workers(streaming=True) == 2  # half: the rest compute
     assert default_workers(streaming=False) == 4  # the cache is filled before anything computes
     ds = open_dataset(folder, "train", 32)
     assert ImageStream(ds, cache="none", show_progress=False).workers == 2
-    monkeypatch.setattr(cores, "free_cores", lambda window=cores.WINDOW: 1)
+    free_cores(1)
     assert ImageStream(ds, cache="memory", show_progress=False).workers == 0  # one core: decoded in this process
     assert ImageStream(ds, workers=3, cache="none", show_progress=False).workers == 3

@@ -23,7 +23,8 @@ from ..data.transforms import TRAIN_CROPS
 from ..errors import ZFNetError
 from ..models import model_config
 
-__all__ = ["TrainConfig", "load_config_file", "PAPER_SNAPSHOTS", "MAX_EPOCHS", "MAX_BATCH_SIZE", "MAX_WORKERS"]
+__all__ = ["TrainConfig", "load_config_file", "PAPER_SNAPSHOTS", "MAX_EPOCHS", "MAX_BATCH_SIZE", "MAX_WORKERS",
+           "MAX_THREADS"]
 
 PAPER_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
 
@@ -31,6 +32,7 @@ PAPER_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 MAX_WORKERS = 256
+MAX_THREADS = 1024
 _MAX_SEED = 2**63 - 1
 _DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -57,7 +59,8 @@ class TrainConfig:
         lr_factor, lr_patience, min_lr: the plateau schedule on validation top-1 error.
         snapshots: epochs at which the weights are kept (for the feature-evolution figure).
         seed: seeds initialisation, data order, crops and dropout; 0 to 2**63 - 1.
-        workers: DataLoader worker processes (None: cores - 1), at most 256.
+        workers: DataLoader worker processes (None: from the cores free when the run starts, see
+            :mod:`zfnet.cores`), at most 256.
         cache: keep decoded images in memory: ``auto``, ``memory`` or ``none``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         channels_last: channels-last memory format (None: on CPU and CUDA, where it is faster).
@@ -66,6 +69,11 @@ class TrainConfig:
             (Krizhevsky et al.'s). None: ``ten`` for a new run; on resume, the run's own, and
             ``random`` for a run saved before this option existed (it took those). The run's
             ``config.json`` holds the value used.
+        threads: torch's intra-op threads, at most 1024. None: for a new run, a count set with
+            ``torch.set_num_threads``, else ``OMP_NUM_THREADS``, else one from the cores free when it
+            starts (:mod:`zfnet.cores`); on resume, the run's own (the count torch has for a run saved
+            before this option), since the count changes how torch rounds its sums. ``config.json``
+            holds the value used.
     """
 
     data: str
@@ -89,6 +97,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata=limits(choices=_DEVICES, pattern=r"auto|cpu|cuda(:[0-9]{1,3})?"))
     channels_last: bool | None = None
     train_crops: str | None = field(default=None, metadata=limits(choices=TRAIN_CROPS))
+    threads: int | None = field(default=None, metadata=limits(1, MAX_THREADS))
 
     def __post_init__(self) -> None:
         check_fields(self, "training option")

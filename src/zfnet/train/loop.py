@@ -242,15 +242,22 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
     if ctx.is_main:
         for warning in size_warnings(config.model, input_size, train_ds, ctx.device):
             log.warning("%s", warning)
+    # Threads and workers from the cores free (zfnet.cores; OMP_NUM_THREADS and --workers win), planned
+    # before config.json keeps the thread count: a resumed run takes its own again (torch's present count
+    # for one saved before the option), since the count changes how torch rounds its sums.
+    threads = config.threads
+    if threads is None and saved is not None:
+        threads = saved.get("threads") or torch.get_num_threads()
+    plan = cores.plan_threads(config.workers, threads=threads,
+                              streaming=not keeps_in_memory(train_ds, config.cache))
+    config = dataclasses.replace(config, threads=plan.threads)
+    cores.apply(plan)
+    log.info("cores: %s", plan)
     if ctx.is_main:
         if not files.marker.is_file():
             write_run_marker(files.root)  # first: a run killed from here on is recognised as zfnet's
         atomic_write_json(files.config, config.to_json())
         atomic_write_json(files.classes, {"classes": train_ds.classes, "names": train_ds.class_names})
-    # Threads and workers from the cores free now, once (zfnet.cores); OMP_NUM_THREADS and --workers win.
-    plan = cores.plan_threads(config.workers, streaming=not keeps_in_memory(train_ds, config.cache))
-    cores.apply(plan)
-    log.info("cores: %s", plan)
     train_stream = ImageStream(train_ds, workers=plan.workers, cache=config.cache, show_progress=show)
     val_stream = ImageStream(val_ds, workers=plan.workers, cache=config.cache, show_progress=show)
 
