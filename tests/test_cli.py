@@ -27,7 +27,7 @@ def test_help_documents_defaults_once(argv, capsys, monkeypatch):
         assert line.count("(default:") <= 1, line
     if argv == ["train"]:
         assert "(default: 128)" in out and "(default: 0.01)" in out and "zfnet-tiny" in out
-        assert "(default: cores - 1)" in out
+        assert "(default: from the cores free when training starts)" in out
 
 
 def test_unknown_model_lists_valid_choices(capsys, tiny_tree, tmp_path):

@@ -224,7 +224,10 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--snapshots", "snapshots", _Checked.of("TrainConfig", "snapshots"),
      "epochs whose weights are kept (feature evolution)"),
     ("--seed", "seed", _Checked.of("TrainConfig", "seed"), "seed of initialisation, data order, crops and dropout"),
-    ("--workers", "workers", _Checked.of("TrainConfig", "workers"), "data loading processes (default: cores - 1)"),
+    ("--workers", "workers", _Checked.of("TrainConfig", "workers"),
+     "data loading processes (default: from the cores free when training starts)"),
+    ("--threads", "threads", _Checked.of("TrainConfig", "threads"),
+     "torch's threads (default: OMP_NUM_THREADS, else from the cores free; a resumed run keeps its own)"),
     ("--cache", "cache", _Checked.of("TrainConfig", "cache"), "keep decoded images in memory: auto, memory or none"),
     ("--device", "device", _Checked.of("TrainConfig", "device"), "auto, cpu, cuda or cuda:N"),
     ("--layout", "layout", _Checked.of("TrainConfig", "layout"), "data layout: auto, folders or imagenet"),
@@ -475,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more runs: their softmax outputs are averaged with RUN's (Table 2)")
     p_eval.add_argument("--layout", default="auto", choices=("auto", "folders", "imagenet"), help="data layout")
     p_eval.add_argument("--batch-size", type=_batch, default=64, help="images per forward pass")
-    p_eval.add_argument("--workers", type=_workers, default=None, help="data loading processes (default: cores - 1)")
+    p_eval.add_argument("--workers", type=_workers, default=None,
+                        help="data loading processes (default: from the cores free)")
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_eval.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     _config_flag(p_eval)

@@ -54,8 +54,12 @@ def test_two_processes_give_the_single_process_errors_and_outputs(tmp_path):
     proc = subprocess.run([*torchrun, f"--master_port={_free_port()}", str(script), str(run), str(data),
                            str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    torch.set_num_threads(1)
-    want, _ = predict_runs([run], data, ten_crop=True, batch_size=3, workers=0, show_progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two processes (OMP_NUM_THREADS=1)
+    try:
+        want, _ = predict_runs([run], data, ten_crop=True, batch_size=3, workers=0, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.equal(got["indices"], want[0].indices)
