@@ -101,23 +101,16 @@ class RunningTopK:
     def update(self, out: torch.Tensor, first: int = 0, *, ids: torch.Tensor | None = None) -> None:
         """Take one batch of the layer's outputs (B, C, H, W) or (B, C), its images numbered ``first``,
         ``first + 1`` ... (or ``ids``: (B,) int64, increasing along the pass)."""
-        # The bookkeeping is a handful of small reductions, sorts and gathers per batch, whose cost
-        # on a CPU is mostly the synchronisation of the intra-op threads (10x the work itself on a
-        # busy 2-core machine); one thread does them faster. The model's layers still use them all.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self._update(out, first, ids)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _update(self, out: torch.Tensor, first: int, ids: torch.Tensor | None) -> None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{self.name} returns a {type(out).__name__}; top_activations needs a tensor")
         out = out.detach()
         if out.dim() not in (2, 4):
             raise ValueError(f"{self.name} outputs shape {tuple(out.shape)}; top_activations needs "
                              "(B, C, H, W) or (B, C)")
+        # Two kinds of work: passes over the whole output (each map's maximum; the position of those
+        # that enter), which use every thread, and a handful of sorts and gathers of (C, k + B) values,
+        # whose cost on a CPU is mostly the synchronisation of the threads (10x the work itself on a
+        # busy 2-core machine): one thread does those faster.
         best = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, C)
         b, c = best.shape
         if self.values is None:
@@ -145,11 +138,29 @@ class RunningTopK:
                 arg = torch.zeros_like(keys)
                 arg[rows, cols] = out[rows, cols].reshape(len(rows), -1).max(1).indices
             keys = keys * self.area + arg  # max(...).indices: the first maximum
-        values = torch.cat((self.values, best.t()), dim=1)  # (C, k + B): the kept entries first
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._merge(best, keys, enters.any(0))
+        finally:
+            torch.set_num_threads(threads)
+
+    def _merge(self, best: torch.Tensor, keys: torch.Tensor, changed: torch.Tensor) -> None:
+        """Keep the k largest of the kept entries and this batch's (B, C) maxima with their keys, in the
+        ``changed`` maps (C,) bool: those where an entry enters (after the first batches, few)."""
+        maps = changed.nonzero().flatten()
+        whole = len(maps) == len(changed)
+        kept_values = self.values if whole else self.values[maps]
+        kept_keys = self.keys if whole else self.keys[maps]
+        values = torch.cat((kept_values, best.t() if whole else best.t()[maps]), dim=1)  # (M, k + B), kept first
         # A stable sort keeps earlier images ahead of later ones with equal values.
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
-        self.values = values.gather(1, order)
-        self.keys = torch.cat((self.keys, keys.t()), dim=1).gather(1, order)
+        new_keys = torch.cat((kept_keys, keys.t() if whole else keys.t()[maps]), dim=1).gather(1, order)
+        if whole:
+            self.values, self.keys = values.gather(1, order), new_keys
+        else:
+            self.values[maps] = values.gather(1, order)
+            self.keys[maps] = new_keys
 
     def state(self) -> dict[str, torch.Tensor]:
         """``values`` (C, k), ``keys`` (C, k) and ``geometry`` (width, area); ``{}`` before any image."""
