@@ -1,6 +1,6 @@
 """Cost of the top-k scan against a plain inference pass over the same loader, in one and in N processes.
 
-    python benchmarks/scan_throughput.py                  # about 4 minutes on 2 cores
+    python benchmarks/scan_throughput.py                  # about 3 minutes on 2 cores
     python benchmarks/scan_throughput.py --images 1024 --full-images 64 --repeats 2
 
 Three measurements, each the median of ``--repeats`` alternating passes:
@@ -146,7 +146,7 @@ def processes(world: int, root: Path, n: int, batch: int, repeats: int, threads:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2048, help="JPEG images of the loader and process measurements")
-    ap.add_argument("--full-images", type=int, default=128, help="images of the full-size ZFNet measurement")
+    ap.add_argument("--full-images", type=int, default=512, help="images of the full-size ZFNet measurement")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ranks", type=int, default=2)
