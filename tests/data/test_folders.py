@@ -174,3 +174,15 @@ def test_chunks_keep_each_chunk_together_around_unreadable_files(tmp_path, cache
     # a later chunk alone gives the same batch as in the whole pass (a resumed or sharded pass)
     again = list(stream.chunks(chunks[2:3]))[0]
     assert torch.equal(again.images, got[2].images) and torch.equal(again.indices, got[2].indices)
+
+
+def test_pinned_batches_only_where_a_gpu_can_use_them(tiny_tree):
+    ds = open_dataset(tiny_tree, "val", 32)
+    stream = ImageStream(ds, workers=0, cache="none", show_progress=False, pin_memory=True)
+    assert stream.pin_memory == torch.cuda.is_available()  # page-locked memory needs a CUDA device
+    batches = list(stream.batches(range(len(ds)), 5))
+    assert sum(len(b.indices) for b in batches) == len(ds)
+    if torch.cuda.is_available():
+        assert all(b.images.is_pinned() for b in batches)
+        again = batches[0].pin_memory()
+        assert again.images.is_pinned() and torch.equal(again.indices, batches[0].indices)

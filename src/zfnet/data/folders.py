@@ -62,6 +62,11 @@ class Batch:
     indices: torch.Tensor
     bad: list[tuple[str, str]] = field(default_factory=list)
 
+    def pin_memory(self) -> Batch:
+        """The same batch with its images and labels in page-locked memory (a DataLoader with
+        ``pin_memory=True`` calls it), so that copies to a GPU can be asynchronous."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad)
+
 
 class ImageFolder(Dataset):
     """A list of (image file, label) with the paper's preprocessing to ``size`` x ``size`` uint8.

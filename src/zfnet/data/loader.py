@@ -75,11 +75,15 @@ class ImageStream:
         cache: ``"memory"`` decodes every image once and keeps it; ``"none"`` decodes on every
             pass; ``"auto"`` keeps them in memory when they take at most 3 GiB.
         show_progress: show a progress bar while filling the cache.
+        pin_memory: batches decoded on the fly come in page-locked memory (with a CUDA GPU only), so
+            that ``.to(device, non_blocking=True)`` overlaps the copy with computation.
     """
 
     def __init__(self, dataset: ImageFolder, *, workers: int | None = None, cache: str = "auto",
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, pin_memory: bool = False) -> None:
         self.cached = keeps_in_memory(dataset, cache)
+        # Decoded batches in page-locked memory, for asynchronous copies to a GPU (where there is one).
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.dataset = dataset
         self.workers = default_workers(streaming=not self.cached) if workers is None else int(workers)
         # The loader kept between passes, its sampler, and whether a pass is using it now.
@@ -88,8 +92,10 @@ class ImageStream:
         self._in_pass = False
         self.images: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
+        self._filling = self.cached  # the cache's own fill is never pinned
         if self.cached:
             self._fill_cache(show_progress)
+        self._filling = False
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -100,7 +106,7 @@ class ImageStream:
         # depend on the epoch a run resumed at).
         return DataLoader(self.dataset, batch_sampler=batch_sampler, num_workers=self.workers,
                           collate_fn=collate, persistent_workers=persistent and self.workers > 0,
-                          generator=torch.Generator())
+                          generator=torch.Generator(), pin_memory=self.pin_memory and not self._filling)
 
     def _pass(self, batch_indices: list[list[int]]) -> Iterator[Batch]:
         """Collated batches of ``batch_indices``, in order, through the loader kept between passes.

@@ -182,7 +182,7 @@ class _Images:
         cache = "none" if shared else "auto"
         on_the_fly = not keeps_in_memory(ds, cache)
         self.stream = ImageStream(ds, workers=(workers if on_the_fly else 0), cache=cache,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress, pin_memory=run.model_device.type == "cuda")
         indices = list(range(len(ds)))
         if max_images is not None:
             if max_images < 1:

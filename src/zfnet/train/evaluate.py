@@ -241,7 +241,7 @@ def predict_runs(runs: list[str | Path | LoadedRun], data: str | Path, *, split:
             # Decoded once into memory where it fits, for every run of this base size; under torchrun on
             # the fly, so that each process decodes its own share only.
             stream = ImageStream(ds, workers=workers, cache="none" if ctx.distributed else "auto",
-                                 show_progress=show_progress)
+                                 show_progress=show_progress, pin_memory=device.type == "cuda")
             streams[run.base_size] = stream
         model = prepare_for_speed(run.model.to(device), train=False)
         probs, labels, idx, centre = _predict(model, stream, run.normalization, input_size=run.input_size,

@@ -258,8 +258,9 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, resume: bool, show
             write_run_marker(files.root)  # first: a run killed from here on is recognised as zfnet's
         atomic_write_json(files.config, config.to_json())
         atomic_write_json(files.classes, {"classes": train_ds.classes, "names": train_ds.class_names})
-    train_stream = ImageStream(train_ds, workers=plan.workers, cache=config.cache, show_progress=show)
-    val_stream = ImageStream(val_ds, workers=plan.workers, cache=config.cache, show_progress=show)
+    pin = ctx.device.type == "cuda"  # page-locked batches: asynchronous copies to the GPU
+    train_stream = ImageStream(train_ds, workers=plan.workers, cache=config.cache, show_progress=show, pin_memory=pin)
+    val_stream = ImageStream(val_ds, workers=plan.workers, cache=config.cache, show_progress=show, pin_memory=pin)
 
     if state is not None and files.mean.is_file():
         mean = load_mean(files.mean)

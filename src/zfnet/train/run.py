@@ -198,6 +198,12 @@ class LoadedRun:
         return self._folder
 
     @property
+    def model_device(self) -> torch.device:
+        """Where the model's parameters are (the CPU for a model without any)."""
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    @property
     def base_size(self) -> int:
         return int(self.mean.shape[-1])
 
