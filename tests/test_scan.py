@@ -218,3 +218,22 @@ def test_a_rank_that_dies_makes_the_other_stop_with_a_clear_error(tmp_path):
             p.kill()
     message = (tmp_path / "rank0.err").read_text()
     assert "another process of this torchrun job stopped" in message
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("ZFNET_SCAN_SAVE_SECONDS", "soon", "must be a number of seconds"),
+    ("ZFNET_SCAN_SAVE_SECONDS", "-1", "0 or more"),
+    ("ZFNET_DIST_TIMEOUT", "0", "positive"),
+    ("ZFNET_DIST_TIMEOUT", "inf", "positive"),
+])
+def test_bad_intervals_from_the_environment_are_named(monkeypatch, name, value, message):
+    from zfnet.distributed import collective_timeout
+    from zfnet.errors import ZFNetError
+    from zfnet.scan import save_every_default
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ZFNetError, match=f"{name} must .*{message}|{name} {message}"):
+        (save_every_default if name.startswith("ZFNET_SCAN") else collective_timeout)()
+    monkeypatch.setenv("ZFNET_SCAN_SAVE_SECONDS", "0")
+    monkeypatch.setenv("ZFNET_DIST_TIMEOUT", "30")
+    assert save_every_default() == 0 and collective_timeout().total_seconds() == 30

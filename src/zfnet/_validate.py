@@ -26,6 +26,7 @@ it as one line and exits with status 2.
 from __future__ import annotations
 
 import math
+import os
 import re
 import types
 import typing
@@ -35,7 +36,8 @@ from typing import Any
 
 from .errors import ZFNetError
 
-__all__ = ["Limits", "limits", "field_limits", "check_value", "check_fields", "from_mapping", "describe_value"]
+__all__ = ["Limits", "limits", "field_limits", "check_value", "check_fields", "from_mapping", "describe_value",
+           "env_seconds"]
 
 _KEY = "zfnet"
 MAX_ITEMS = 100_000
@@ -357,3 +359,19 @@ def from_mapping(cls: type[T], data: Any, what: str, *, source: str | None = Non
         return cls(**{k: data[k] for k in keys})
     except ZFNetError as err:
         raise ZFNetError(f"{prefix}{err}") from None
+
+
+def env_seconds(name: str, default: float, *, zero: bool = False) -> float:
+    """A number of seconds from the environment variable ``name`` (``default`` where it is unset).
+
+    Raises:
+        ZFNetError: not a number, or below 0 (with ``zero``) or not above 0 (without).
+    """
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ZFNetError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not (value >= 0 if zero else value > 0) or not math.isfinite(value):
+        raise ZFNetError(f"{name} must be {'0 or more' if zero else 'positive'} seconds, got {raw!r}")
+    return value

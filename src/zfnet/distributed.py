@@ -20,6 +20,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ._validate import env_seconds
+
 __all__ = ["DistContext", "setup", "teardown", "resolve_device", "collective_timeout", "left_process_group",
            "is_main_process"]
 
@@ -68,14 +70,7 @@ def is_main_process() -> bool:
 
 def collective_timeout() -> timedelta:
     """How long a collective waits for the other processes: ``ZFNET_DIST_TIMEOUT`` seconds, else 1800."""
-    raw = os.environ.get("ZFNET_DIST_TIMEOUT", "1800")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(f"ZFNET_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"ZFNET_DIST_TIMEOUT must be positive, got {raw!r}")
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=env_seconds("ZFNET_DIST_TIMEOUT", 1800))
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:

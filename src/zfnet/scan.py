@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ._io import STATE_PREFIX, atomic_write
+from ._validate import env_seconds
 from .data.folders import Batch
 from .data.loader import ImageStream
 from .distributed import DistContext
@@ -64,14 +64,7 @@ class CollectiveError(ZFNetError):
 
 def save_every_default() -> float:
     """Seconds between two saves of a scan's state: ``ZFNET_SCAN_SAVE_SECONDS``, else 120."""
-    raw = os.environ.get("ZFNET_SCAN_SAVE_SECONDS", "120")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ZFNetError(f"ZFNET_SCAN_SAVE_SECONDS must be a number of seconds, got {raw!r}") from None
-    if not value >= 0:
-        raise ZFNetError(f"ZFNET_SCAN_SAVE_SECONDS must be 0 or more, got {raw!r}")
-    return value
+    return env_seconds("ZFNET_SCAN_SAVE_SECONDS", 120, zero=True)
 
 
 def model_fingerprint(model: torch.nn.Module | torch.Tensor) -> str:
