@@ -237,3 +237,13 @@ def test_bad_intervals_from_the_environment_are_named(monkeypatch, name, value, 
     monkeypatch.setenv("ZFNET_SCAN_SAVE_SECONDS", "0")
     monkeypatch.setenv("ZFNET_DIST_TIMEOUT", "30")
     assert save_every_default() == 0 and collective_timeout().total_seconds() == 30
+
+
+def test_an_image_listed_twice_has_two_positions(tmp_path):
+    stream = _stream(tmp_path)
+    rows = Rows()
+    scan = Scan([3, 1, 3, 0, 5], 2)
+    scan.run(stream, lambda batch, positions: rows.add(positions, ids=batch.indices), [rows], show_progress=False)
+    got = rows.result()
+    assert got["position"].tolist() == [0, 1, 2, 3, 4]
+    assert got["ids"].tolist() == [3, 1, 3, 0, 5]

@@ -276,16 +276,23 @@ class Scan:
                                             fingerprint], sort_keys=True, default=str).encode())
         digest.update(torch.tensor(self.indices, dtype=torch.long).numpy().tobytes())
         self.fingerprint = digest.hexdigest()
+        self.batch_size = batch_size
         self.resumed_chunks = 0
-        self._position: torch.Tensor | None = None
 
-    def positions(self, batch: Batch) -> torch.Tensor:
-        """Each image's position in the pass's index list (for :class:`Rows` and tie-breaking)."""
-        if self._position is None:
-            top = max(self.indices, default=-1) + 1
-            self._position = torch.full((top,), -1, dtype=torch.long)
-            self._position[torch.tensor(self.indices, dtype=torch.long)] = torch.arange(len(self.indices))
-        return self._position[batch.indices.long()]
+    def positions(self, chunk: int, batch: Batch) -> torch.Tensor:
+        """Each image of ``batch`` (chunk number ``chunk``, less its unreadable files) by its position in the
+        pass's index list (for :class:`Rows` and tie-breaking); an index listed twice has two positions."""
+        start = chunk * self.batch_size
+        listed = self.chunks[chunk]
+        kept = batch.indices.tolist()
+        out, j = [], 0
+        for i, index in enumerate(listed):  # the batch is the chunk in order, with some left out
+            if j < len(kept) and kept[j] == index:
+                out.append(start + i)
+                j += 1
+        if j != len(kept):
+            raise ValueError(f"chunk {chunk}'s batch holds images the chunk does not list, or in another order")
+        return torch.tensor(out, dtype=torch.long)
 
     def _load(self, accumulators: Sequence[Accumulator]) -> int:
         """How many of this rank's chunks a saved state has done (0: none), its states loaded."""
@@ -346,9 +353,9 @@ class Scan:
         saved_at = time.monotonic()
         bar = progress(total=total, desc=desc, unit="img", enabled=show_progress)
         with bar:
-            for batch in stream.chunks(todo):
+            for chunk, batch in zip(self.mine[done:], stream.chunks(todo)):
                 if len(batch.indices):
-                    consume(batch, self.positions(batch))
+                    consume(batch, self.positions(chunk, batch))
                 done += 1
                 bar.update(len(batch.indices) + len(batch.bad))
                 if self.path is not None and done < len(self.mine) and \
