@@ -235,7 +235,22 @@ def test_config_file_on_data_evaluate_and_report(tmp_path, capsys):
     one_line_error(capsys, ["evaluate", str(run), "--data", str(data), "--config", str(tmp_path / "eval.json")],
                    "command line")
 
-    (tmp_path / "report.toml").write_text('title = "From a file"\n')
+    # a required option may come from the file; a key may be the flag's name; a value may start with '-'
+    (tmp_path / "eval.json").write_text(json.dumps({"data": str(data), "workers": 0, "device": "cpu"}))
+    assert main(["evaluate", str(run), "--config", str(tmp_path / "eval.json")]) == 0
+    assert "(centre crop)" in capsys.readouterr().out
+    (tmp_path / "second.toml").write_text('set = "secondary"\nclasses = 2\nper_class = 1\nval_per_class = 1\n'
+                                          'size = 48\n')
+    assert main(["data", "synth", str(tmp_path / "d4"), "--config", str(tmp_path / "second.toml")]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["data", "synth", str(tmp_path / "d5"), "--config", str(tmp_path / "typo.toml")],
+                   "zfnet data synth: error:")
+    # an error of the command line itself does not blame the file
+    line = one_line_error(capsys, ["data", "synth", str(tmp_path / "d6"), "--config", str(tmp_path / "synth.toml"),
+                                   "--size", "7"], "--size")
+    assert "synth.toml" not in line
+
+    (tmp_path / "report.toml").write_text('title = "-draft, from a file"\n')
     assert main(["report", str(tmp_path / "out.json"), "--out", str(tmp_path / "site"),
                  "--config", str(tmp_path / "report.toml")]) == 0
-    assert "From a file" in (tmp_path / "site" / "index.html").read_text()
+    assert "-draft, from a file" in (tmp_path / "site" / "index.html").read_text()

@@ -247,3 +247,33 @@ def test_an_image_listed_twice_has_two_positions(tmp_path):
     got = rows.result()
     assert got["position"].tolist() == [0, 1, 2, 3, 4]
     assert got["ids"].tolist() == [3, 1, 3, 0, 5]
+
+
+def test_a_state_that_matches_but_does_not_fit_is_ignored(tmp_path, caplog):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    stream = _stream(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(_Killed):
+        _scan_sums(stream, out, stop_after=2)
+    path = out / ".zfnet-state-test.rank0.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["1.mean"] = torch.tensor(1.0)  # the rows' column without rows, the fingerprint still right
+    save_file(tensors, str(path), metadata=meta)
+    seen: list = []
+    with caplog.at_level(logging.WARNING, logger="zfnet"):
+        result = _scan_sums(stream, out, seen=seen)
+    assert "does not fit this scan" in caplog.text
+    assert seen[0] == [0, 1, 2, 3] and result[2] == 18
+
+
+def test_a_scan_leaves_the_stream_its_kept_workers(tmp_path):
+    root = make_tree(tmp_path / "data", classes=2, per_class=1, val_per_class=3)
+    stream = ImageStream(open_dataset(root, "val", 32), workers=1, cache="none", show_progress=False)
+    rows = Rows()
+    Scan(range(len(stream)), 2).run(stream, lambda b, pos: rows.add(pos, ids=b.indices), [rows],
+                                    show_progress=False)
+    assert stream._kept is not None  # the pass ran to its end: its DataLoader's workers are kept
+    assert rows.result()["ids"].tolist() == list(range(len(stream)))

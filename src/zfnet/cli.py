@@ -58,10 +58,14 @@ class _Parser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
 
-    source: Path | None = None  # while a --config file's options are parsed: that file
+    file_tokens: tuple[Path, list[str]] | None = None  # while a --config file's options are parsed
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        where = f" in {_Parser.source}" if _Parser.source is not None else ""
+        where = ""
+        if _Parser.file_tokens is not None:  # a flag the file gave: name the file
+            path, tokens = _Parser.file_tokens
+            if any(t.split("=", 1)[0] in message for t in tokens if t.startswith("--")):
+                where = f" in {path}"
         self.exit(2, f"{self.prog}: error: {message}{where} (see {self.prog} --help)\n")
 
 
@@ -344,49 +348,66 @@ def _config_flag(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_takes_config_file=True)
 
 
-def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The (sub-)parser that parsed ``args``'s command."""
-    words = [args.command] + [getattr(args, a) for a in ("data_command",) if getattr(args, a, None)]
-    current = parser
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser | None:
+    """The (sub-)parser of the command ``argv`` names (``evaluate``, ``data synth`` ...), or None."""
+    current, words = parser, [w for w in argv if not w.startswith("-")]
     for word in words:
-        sub = next(a for a in current._actions if isinstance(a, argparse._SubParsersAction))
-        current = sub.choices[word]
-    return current
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            break
+        current = subs[0].choices[word]
+    return current if current is not parser else None
 
 
-def _file_options(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> list[str]:
-    """The options of ``args.config`` as command-line tokens, for every option not given in ``argv``.
+def _config_path(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config F`` or ``--config=F``), or None."""
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
 
-    Each value goes through the flag's own parsing and checks, so a file is held to what a flag is.
+
+def _file_options(command: argparse.ArgumentParser, path: str, argv: list[str]) -> list[str]:
+    """The options of the config file ``path`` as command-line tokens, for every option not given in ``argv``.
+
+    Keys are the flags' names (``ten_crop`` or ``ten-crop`` for ``--ten-crop``). Each value goes through
+    the flag's own parsing and checks, so a file is held to what a flag is; the file is read before the
+    command line is checked, so it may give a required option too.
     """
-    command = _command_parser(parser, args)
-    values = read_config_file(args.config)
-    by_name = {a.dest: a for a in command._actions if a.option_strings and a.dest not in ("help", "config")}
+    values = read_config_file(path)
+    actions = [a for a in command._actions if a.option_strings and a.dest not in ("help", "config")]
+    by_name = {}
+    for action in actions:
+        by_name[action.dest] = action
+        for flag in action.option_strings:
+            by_name[flag.lstrip("-").replace("-", "_")] = action
     positional = {a.dest for a in command._actions if not a.option_strings}
     tokens: list[str] = []
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name in positional:
-            raise ZFNetError(f"{args.config}: {name} is given on the command line, not in a config file")
+            raise ZFNetError(f"{path}: {name} is given on the command line, not in a config file")
         action = by_name.get(name)
         if action is None:
-            raise ZFNetError(f"{args.config}: unknown option {key!r} for zfnet {' '.join(command.prog.split()[1:])}; "
-                             f"valid: {', '.join(sorted(by_name))}")
+            valid = sorted({max(a.option_strings, key=len).lstrip("-").replace("-", "_") for a in actions})
+            raise ZFNetError(f"{path}: unknown option {key!r} for {command.prog}; valid: {', '.join(valid)}")
         flags = action.option_strings
         if any(t == f or t.startswith(f + "=") for t in argv for f in flags):
             continue  # given on the command line: the flag wins
         flag = max(flags, key=len)
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
-                raise ZFNetError(f"{args.config}: {name} must be true or false, got {value!r}")
+                raise ZFNetError(f"{path}: {name} must be true or false, got {value!r}")
             tokens += [flag] if value else []
         elif isinstance(value, (list, tuple)):
             items = [str(v) for v in value]
-            tokens += [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
+            tokens += [flag, *items] if action.nargs in ("+", "*") else [f"{flag}={','.join(items)}"]
         elif isinstance(value, (dict, bool)) or value is None:
-            raise ZFNetError(f"{args.config}: {name} must be a number, a string or a list, got {value!r}")
+            raise ZFNetError(f"{path}: {name} must be a number, a string or a list, got {value!r}")
         else:
-            tokens += [flag, str(value)]
+            tokens.append(f"{flag}={value}")  # one token: a value starting with '-' stays a value
     return tokens
 
 
@@ -607,17 +628,21 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if getattr(args, "_takes_config_file", False) and args.config is not None:
-        try:  # the file's options as flags the command line lacks: each checked as its flag is
-            tokens = _file_options(parser, args, argv)
-            _Parser.source = args.config  # the command line parsed already: an error now is the file's
-            args = parser.parse_args(argv + tokens)
+    command = _command_parser(parser, argv)
+    path = _config_path(argv)
+    if command is not None and path is not None and command.get_default("_takes_config_file"):
+        try:  # the file's options as the flags the command line lacks, each checked as its flag is
+            tokens = _file_options(command, path, argv)
         except ZFNetError as err:
-            print(f"zfnet {args.command}: error: {err}", file=sys.stderr)
+            print(f"{command.prog}: error: {err}", file=sys.stderr)
             return 2
+        _Parser.file_tokens = (Path(path), tokens)  # an error in what the file gave names the file
+        try:
+            args = parser.parse_args(argv + tokens)
         finally:
-            _Parser.source = None
+            _Parser.file_tokens = None
+    else:
+        args = parser.parse_args(argv)
     # Under torchrun, rank 0 alone speaks: the other ranks log warnings only and print nothing to stdout.
     follower = not is_main_process()
     _setup_logging(getattr(args, "quiet", False) or follower)

@@ -82,6 +82,13 @@ def model_fingerprint(model: torch.nn.Module | torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def _json_digest(value: Any) -> str:
+    """A fingerprint's part that JSON cannot hold: a tensor by the digest of its values, else its text."""
+    if isinstance(value, torch.Tensor):
+        return model_fingerprint(value)
+    return repr(value)
+
+
 def plan_chunks(indices: Iterable[int], batch_size: int) -> list[list[int]]:
     """``indices`` cut into consecutive chunks of ``batch_size`` (the last may be shorter)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -137,6 +144,8 @@ class Rows:
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         if state and "position" not in state:
             raise ValueError("rows without positions")
+        if any(t.dim() == 0 for t in state.values()):
+            raise ValueError("a column without rows")
         n = len(state.get("position", ()))
         if any(len(t) != n for t in state.values()):
             raise ValueError("columns of different lengths")
@@ -273,7 +282,7 @@ class Scan:
         self.path = None if state_dir is None else \
             Path(state_dir) / f"{STATE_PREFIX}{name}.rank{self.ctx.rank}.safetensors"
         digest = hashlib.sha256(json.dumps([STATE_FORMAT, name, batch_size, self.ctx.world_size, self.ctx.rank,
-                                            fingerprint], sort_keys=True, default=str).encode())
+                                            fingerprint], sort_keys=True, default=_json_digest).encode())
         digest.update(torch.tensor(self.indices, dtype=torch.long).numpy().tobytes())
         self.fingerprint = digest.hexdigest()
         self.batch_size = batch_size
@@ -317,7 +326,7 @@ class Scan:
             for i, acc in enumerate(accumulators):
                 prefix = f"{i}."
                 acc.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        except ValueError as err:
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
             log.warning("ignoring %s, which does not fit this scan (%s); starting over", self.path, err)
             return 0
         return done
@@ -353,7 +362,8 @@ class Scan:
         saved_at = time.monotonic()
         bar = progress(total=total, desc=desc, unit="img", enabled=show_progress)
         with bar:
-            for chunk, batch in zip(self.mine[done:], stream.chunks(todo)):
+            # The stream first: zip ends it by its own end, so it finishes its pass (and keeps its workers).
+            for batch, chunk in zip(stream.chunks(todo), self.mine[done:], strict=True):
                 if len(batch.indices):
                     consume(batch, self.positions(chunk, batch))
                 done += 1

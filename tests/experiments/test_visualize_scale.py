@@ -97,3 +97,16 @@ def test_a_search_killed_mid_pass_resumes_to_the_uninterrupted_result(setup):
     assert proc.returncode == 0, proc.stderr[-2000:]
     _same_index(json.loads((out / "index.json").read_text()), want)
     assert not list(out.glob(".zfnet-state-*"))
+
+
+def test_more_processes_than_shown_maps(setup):
+    root, run, args, want = setup
+    out = root / "one-map"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120"}
+    one = [a if a != "6" else "1" for a in args]  # --maps 1: the second process projects no map
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "zfnet", "visualize", str(run), "--out", str(out), *one]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((out / "index.json").read_text())
+    assert all(len(maps) == 1 for maps in index["layers"].values())

@@ -286,6 +286,9 @@ def _projections_in_window(deconv: Deconvnet, top: TopK, images: _Images, inputs
     Shape: (M, k, 3, h, w) each.
     """
     rf = receptive_fields(deconv, (images.size, images.size), in_channels=3)[top.layer]
+    if not maps:  # a process of a torchrun job with more processes than shown maps
+        k = top.values.shape[1]
+        return torch.zeros((0, k, 3, *rf.size)), torch.zeros((0, k, 3, *rf.size), dtype=torch.uint8)
     all_proj, all_patches = [], []
     for start in range(0, len(maps), chunk):
         part = maps[start:start + chunk]
@@ -355,7 +358,8 @@ def _visualize(run: str | Path | LoadedRun, data: str | Path, *, layers: Sequenc
     images = _Images(loaded, data, split, max_images=max_images, seed=seed, batch_size=batch_size,
                      show_progress=show_progress and ctx.is_main, workers=workers, shared=ctx.distributed)
     top = images.search(model, layers, k, ctx=ctx, state_dir=out, show_progress=show_progress,
-                        fingerprint=model_fingerprint(loaded.mean))
+                        fingerprint=[model_fingerprint(loaded.mean),
+                                     None if loaded.std is None else model_fingerprint(loaded.std)])
 
     shown = {layer: _shown_maps(top[layer].values.shape[0], maps, seed, layer) for layer in layers}
     # Each rank projects its share of every layer's maps; rank 0 gathers them and writes.

@@ -114,6 +114,9 @@ class RunningTopK:
         # (0.45 ms a switch, measured).
         best = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, C)
         b, c = best.shape
+        if self.values is not None and len(self.values) != c:
+            raise ValueError(f"{self.name} has {c} maps, but its running top-k (a saved state?) has "
+                             f"{len(self.values)}")
         if self.values is None:
             self.values = best.new_full((c, self.k), float("-inf"))
             self.keys = torch.full((c, self.k), -1, dtype=torch.long, device=best.device)
@@ -383,6 +386,9 @@ def search_top_activations(model: nn.Module, stream: ImageStream, indices: Seque
     result = {}
     for top in running:
         found = top.result()  # image ids: positions in the list of indices
+        if bool((found.image_index >= len(order)).any()):
+            raise ValueError(f"the saved search state in {state_dir} holds images outside this pass: it is "
+                             "damaged or was not written by zfnet; remove it and run again")
         ids = torch.where(found.image_index >= 0, order[found.image_index.clamp(min=0)], -1)
         result[top.name] = TopK(found.layer, found.values, ids, found.position)
     return result, read
