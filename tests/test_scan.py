@@ -277,3 +277,17 @@ def test_a_scan_leaves_the_stream_its_kept_workers(tmp_path):
                                     show_progress=False)
     assert stream._kept is not None  # the pass ran to its end: its DataLoader's workers are kept
     assert rows.result()["ids"].tolist() == list(range(len(stream)))
+
+
+def test_clearing_removes_the_states_of_ranks_this_job_lacks_and_nothing_else(tmp_path):
+    stream = _stream(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".zfnet-state-test.rank3.safetensors").write_bytes(b"left by a run of 4 processes")
+    (out / ".zfnet-state-other.rank3.safetensors").write_bytes(b"another pass's")
+    (out / "notes.rank3.safetensors").write_bytes(b"the user's")
+    _scan_sums(stream, out)
+    scan = Scan(range(len(stream)), 4, state_dir=out, name="test", fingerprint="a")
+    scan.clear()
+    assert sorted(p.name for p in out.iterdir()) == [".zfnet-state-other.rank3.safetensors",
+                                                      "notes.rank3.safetensors"]

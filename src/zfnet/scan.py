@@ -379,6 +379,14 @@ class Scan:
                 acc.combine(gather_states(self.ctx, acc.state()))
 
     def clear(self) -> None:
-        """Remove this rank's saved state (call it once the results are written)."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        """Remove this rank's saved state (call it once the results are written); rank 0 also removes those
+        of ranks this job does not have (left by an earlier run with more processes)."""
+        if self.path is None:
+            return
+        self.path.unlink(missing_ok=True)
+        if self.ctx.is_main:
+            stem = self.path.name.rsplit(".rank", 1)[0]
+            for other in self.path.parent.glob(f"{stem}.rank*.safetensors"):
+                rank = other.name[len(stem) + len(".rank"):-len(".safetensors")]
+                if rank.isdigit() and int(rank) >= self.ctx.world_size:
+                    other.unlink(missing_ok=True)
