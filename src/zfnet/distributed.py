@@ -98,6 +98,9 @@ def setup(device: str = "auto") -> DistContext:
         return DistContext(device=resolve_device(device))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
+        raise ValueError(f"--device {device} would put every process of this torchrun job on one GPU; give "
+                         "--device cuda (or auto): each process then takes its own (LOCAL_RANK)")
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -71,3 +71,14 @@ def test_torchrun_two_processes(tiny_tree, tmp_path):
 
     state = load_state(run / "last.pt")
     assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_one_named_gpu_for_several_local_processes_is_refused(monkeypatch):
+    from zfnet.distributed import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cuda:0 would put every process .* on one GPU"):
+        setup("cuda:0")
