@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.torchrun import free_port
 from helpers.trees import make_tree
 
 from zfnet.data import ImageStream, open_dataset
@@ -172,11 +172,6 @@ def test_a_state_of_another_scan_or_a_crafted_file_is_ignored_with_a_warning(tmp
 
 # --- two processes on gloo ---------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, result_dir: str, die: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -199,7 +194,7 @@ def _worker(rank: int, world: int, port: int, result_dir: str, die: bool) -> Non
 
 @pytest.mark.slow
 def test_states_of_three_processes_are_gathered_in_rank_order(tmp_path):
-    mp.spawn(_worker, args=(3, _free_port(), str(tmp_path), False), nprocs=3, join=True)
+    mp.spawn(_worker, args=(3, free_port(), str(tmp_path), False), nprocs=3, join=True)
     for rank in range(3):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert [len(g.get("values", ())) for g in got] == [1, 2, 0]
@@ -209,7 +204,7 @@ def test_states_of_three_processes_are_gathered_in_rank_order(tmp_path):
 
 @pytest.mark.slow
 def test_a_rank_that_dies_makes_the_other_stop_with_a_clear_error(tmp_path):
-    context = mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), True), nprocs=2, join=False)
+    context = mp.spawn(_worker, args=(2, free_port(), str(tmp_path), True), nprocs=2, join=False)
     context.processes[0].join(timeout=60)
     assert not context.processes[0].is_alive(), "rank 0 hung after rank 1 died"
     for p in context.processes:

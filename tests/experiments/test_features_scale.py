@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.runs import synthetic_run
+from helpers.torchrun import free_port, torchrun, write_wrapper
 from safetensors import safe_open
 
 import zfnet.data.loader as loader
@@ -31,24 +29,6 @@ COMMON = ["--workers", "0", "--device", "cpu", "--batch-size", "5", "--quiet"]
 PROBES = ["--per-class", "4", "--splits", "2", "--layers", "conv1,conv5,fc7", "--classifiers", "softmax"]
 TRANSFER = ["--per-class", "3", "--splits", "2", "--no-baseline"]
 
-# `zfnet ARGS`, each process writing the images of every chunk it reads, a line each, to a file of its own.
-LOGGER = textwrap.dedent("""
-    import os, sys
-    import zfnet.data.loader as loader
-
-    real_chunks = loader.ImageStream.chunks
-
-    def chunks(self, parts):
-        for batch in real_chunks(self, parts):
-            with open(os.environ["CHUNK_LOG"] + "." + os.environ["RANK"], "a") as f:
-                f.write(" ".join(map(str, batch.indices.tolist())) + "\\n")
-            yield batch
-
-    loader.ImageStream.chunks = chunks
-    from zfnet.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory, one_thread):
@@ -57,20 +37,12 @@ def synth(tmp_path_factory, one_thread):
     return root, data, run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(root: Path, args: list[str], passes: int) -> None:
     """``zfnet ARGS`` on 2 gloo processes, which share each of its ``passes`` passes over the 24 images."""
-    script, log = root / "logger.py", root / f"chunks-{_free_port()}"
-    script.write_text(LOGGER)
+    script, log = write_wrapper(root), root / f"chunks-{free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120",
            "CHUNK_LOG": str(log)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(script), *args]
+    cmd = [*torchrun(), str(script), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("results in") == 1  # rank 0 alone prints its summary

@@ -5,40 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from helpers.runs import synthetic_run
+from helpers.torchrun import torchrun, write_wrapper
 
 from zfnet.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-
-# `zfnet ARGS`, killed with SIGKILL (no clean-up of any kind) when the pointing game reads its chunk KILL_AT
-# (one image per chunk); with CHUNK_LOG, each process writes the images of every chunk it reads to a file of
-# its own.
-WRAPPER = textwrap.dedent("""
-    import os, signal, sys
-    import zfnet.data.loader as loader
-
-    real_chunks = loader.ImageStream.chunks
-
-    def chunks(self, parts):
-        for n, batch in enumerate(real_chunks(self, parts)):
-            if n == int(os.environ.get("KILL_AT", "-1")):
-                os.kill(os.getpid(), signal.SIGKILL)
-            if "CHUNK_LOG" in os.environ:
-                with open(os.environ["CHUNK_LOG"] + "." + os.environ.get("RANK", "0"), "a") as f:
-                    f.write(" ".join(map(str, batch.indices.tolist())) + "\\n")
-            yield batch
-
-    loader.ImageStream.chunks = chunks
-    from zfnet.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +23,6 @@ def setup(tmp_path_factory, one_thread):
     # 16 images; with this seed and an 8-pixel occluder 5 are classified correctly and scored, at distances
     # 0, 0, 0, 21 and 19 pixels from their boxes: hits and misses both.
     data, run = synthetic_run(root, classes=4, val_per_class=4)
-    (root / "wrapper.py").write_text(WRAPPER)
     ref = root / "single"
     args = ["--data", str(data), "--images", "2", "--others", "2", "--search-images", "6", "--window", "8",
             "--stride", "4", "--pointing-game", "16", "--device", "cpu", "--quiet"]
@@ -58,19 +33,12 @@ def setup(tmp_path_factory, one_thread):
     return root, run, args, want
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_on_gloo_give_the_single_process_game_and_panels(setup):
     root, run, args, want = setup
     out = root / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120"}
     env["CHUNK_LOG"] = str(root / "chunks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(root / "wrapper.py"), "occlusion", str(run), "--out", str(out), *args]
+    cmd = [*torchrun(), str(write_wrapper(root)), "occlusion", str(run), "--out", str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The game's 16 images, one a chunk, dealt out in turn: each process played 8 of them, none twice.
@@ -89,7 +57,7 @@ def test_two_processes_on_gloo_give_the_single_process_game_and_panels(setup):
 def test_a_game_killed_mid_pass_resumes_to_the_uninterrupted_result(setup):
     root, run, args, want = setup
     out = root / "killed"
-    script = root / "wrapper.py"
+    script = write_wrapper(root)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_SCAN_SAVE_SECONDS": "0",
            "KILL_AT": "6"}
     cmd = [sys.executable, str(script), "occlusion", str(run), "--out", str(out), *args]

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from helpers.runs import synthetic_run
+from helpers.torchrun import torchrun, write_wrapper
 
 from zfnet.cli import main
 
 pytestmark = pytest.mark.slow
-
-# `zfnet ARGS`, killed with SIGKILL (no clean-up of any kind) when the top-k search reads its batch KILL_AT.
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import zfnet.data.loader as loader
-
-    real_chunks = loader.ImageStream.chunks
-
-    def chunks(self, parts):
-        for n, batch in enumerate(real_chunks(self, parts)):
-            if n == int(os.environ["KILL_AT"]):
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield batch
-
-    loader.ImageStream.chunks = chunks
-    from zfnet.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +25,6 @@ def setup(tmp_path_factory):
             "--device", "cpu", "--quiet"]
     assert main(["visualize", str(run), "--out", str(ref), *args]) == 0
     return root, run, args, json.loads((ref / "index.json").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _same_index(got: dict, want: dict) -> None:
@@ -69,8 +44,7 @@ def test_two_processes_on_gloo_give_the_single_process_top_k_and_figures(setup):
     root, run, args, want = setup
     out = root / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "zfnet", "visualize", str(run), "--out", str(out), *args]
+    cmd = [*torchrun(), "-m", "zfnet", "visualize", str(run), "--out", str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_index(json.loads((out / "index.json").read_text()), want)
@@ -84,8 +58,7 @@ def test_two_processes_on_gloo_give_the_single_process_top_k_and_figures(setup):
 def test_a_search_killed_mid_pass_resumes_to_the_uninterrupted_result(setup):
     root, run, args, want = setup
     out = root / "killed"
-    script = root / "killer.py"
-    script.write_text(KILLER)
+    script = write_wrapper(root)
     env = {**os.environ, "ZFNET_PROGRESS": "0", "ZFNET_SCAN_SAVE_SECONDS": "0", "KILL_AT": "3"}
     cmd = [sys.executable, str(script), "visualize", str(run), "--out", str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -104,8 +77,7 @@ def test_more_processes_than_shown_maps(setup):
     out = root / "one-map"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120"}
     one = [a if a != "6" else "1" for a in args]  # --maps 1: the second process projects no map
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "zfnet", "visualize", str(run), "--out", str(out), *one]
+    cmd = [*torchrun(), "-m", "zfnet", "visualize", str(run), "--out", str(out), *one]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = json.loads((out / "index.json").read_text())

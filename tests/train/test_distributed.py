@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from helpers.torchrun import torchrun
 
 from zfnet.train.checkpoint import load_state
 
@@ -34,12 +33,6 @@ SPY = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes(tiny_tree, tmp_path):
     run = tmp_path / "run"
@@ -47,8 +40,7 @@ def test_torchrun_two_processes(tiny_tree, tmp_path):
     logs.mkdir()
     spy = tmp_path / "spy.py"
     spy.write_text(SPY)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(spy), "train", "--data", str(tiny_tree), "--model",
+    cmd = [*torchrun(), str(spy), "train", "--data", str(tiny_tree), "--model",
            "zfnet-tiny", "--epochs", "2", "--out", str(run), "--batch-size", "8", "--workers", "0",
            "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "LOG_DIR": str(logs)}

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 from helpers.runs import synthetic_run
+from helpers.torchrun import torchrun
 
 from zfnet.cli import main
 from zfnet.train.evaluate import predict_runs
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Each rank's softmax outputs, saved for the comparison (rank 1's included: every rank gets them all).
@@ -40,9 +33,8 @@ def test_two_processes_give_the_single_process_errors_and_outputs(tmp_path):
     assert main(["evaluate", str(run), "--data", str(data), "--ten-crop", "--batch-size", "3", "--workers", "0",
                  "--device", "cpu", "--json", str(single)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ZFNET_PROGRESS": "0", "ZFNET_DIST_TIMEOUT": "120"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
     two = tmp_path / "two.json"
-    proc = subprocess.run([*torchrun, f"--master_port={_free_port()}", "-m", "zfnet", "evaluate", str(run), "--data",
+    proc = subprocess.run([*torchrun(), "-m", "zfnet", "evaluate", str(run), "--data",
                            str(data), "--ten-crop", "--batch-size", "3", "--workers", "0", "--device", "cpu",
                            "--json", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,7 +43,7 @@ def test_two_processes_give_the_single_process_errors_and_outputs(tmp_path):
 
     script = tmp_path / "outputs.py"
     script.write_text(OUTPUTS)
-    proc = subprocess.run([*torchrun, f"--master_port={_free_port()}", str(script), str(run), str(data),
+    proc = subprocess.run([*torchrun(), str(script), str(run), str(data),
                            str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = torch.get_num_threads()
