@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers.runs import forget_option
 
 from zfnet import cores
 
@@ -310,17 +311,10 @@ def test_a_resumed_run_keeps_its_thread_count_whatever_the_load(tiny_tree, tmp_p
 
 
 def test_a_run_saved_before_threads_were_kept_resumes_on_torchs_count(tiny_tree, tmp_path, monkeypatch):
-    from zfnet.train.checkpoint import load_state, save_state
-
     _plans(monkeypatch, free=1)
     run = tmp_path / "run"
     _train(tiny_tree, run)
-    config = json.loads((run / "config.json").read_text())
-    del config["threads"]
-    (run / "config.json").write_text(json.dumps(config))
-    state = load_state(run / "last.pt")
-    del state["config"]["threads"]
-    save_state(run / "last.pt", state)
+    forget_option(run, "threads")
     applied = _plans(monkeypatch, free=1)
     _train(tiny_tree, run, epochs=2, resume=True)
     assert [p.threads for p in applied] == [torch.get_num_threads()]  # what the run had before this option

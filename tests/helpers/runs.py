@@ -15,7 +15,7 @@ from zfnet._io import atomic_write_json
 from zfnet.data.synthetic import write_synthetic
 from zfnet.data.transforms import base_size, load_image
 from zfnet.models import build
-from zfnet.train.checkpoint import RunFiles, save_mean, save_weights
+from zfnet.train.checkpoint import RunFiles, load_state, save_mean, save_state, save_weights
 
 CLASSES = ["bar", "cross", "disc"]  # make_tree's first three shapes, sorted as open_dataset sorts them
 _WEIGHTS: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
@@ -92,3 +92,14 @@ def synthetic_run(root: Path, *, classes: int, val_per_class: int, size: int = 6
     save_mean(files.mean, torch.stack([load_image(p, base_size(size)) for p in train]).float().mean(0))
     atomic_write_json(files.classes, {"classes": summary.classes, "names": summary.classes})
     return root / "data", run
+
+
+def forget_option(run: Path, key: str) -> None:
+    """Make ``run`` look like one saved before the training option ``key`` existed: no such key in its
+    ``config.json`` nor in the configuration inside ``last.pt``."""
+    config = json.loads((run / "config.json").read_text())
+    del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    state = load_state(run / "last.pt")
+    del state["config"][key]
+    save_state(run / "last.pt", state)

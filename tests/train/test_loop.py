@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from helpers.runs import forget_option
 
 from zfnet.errors import TrainingDiverged, ZFNetError
 from zfnet.train import TrainConfig, load_run, train
@@ -239,18 +240,6 @@ def _crops_used(monkeypatch) -> list[str]:
     return kinds
 
 
-def _forget_train_crops(run) -> None:
-    """Make ``run`` look like one saved before ``train_crops`` existed (no such key anywhere)."""
-    from zfnet.train.checkpoint import load_state, save_state
-
-    config = json.loads((run / "config.json").read_text())
-    del config["train_crops"]
-    (run / "config.json").write_text(json.dumps(config))
-    state = load_state(run / "last.pt")
-    del state["config"]["train_crops"]
-    save_state(run / "last.pt", state)
-
-
 def test_a_new_run_takes_the_papers_ten_crops_by_default(tiny_tree, tmp_path, monkeypatch):
     kinds = _crops_used(monkeypatch)
     train(_config(tiny_tree, tmp_path / "run", epochs=1), show_progress=False)
@@ -282,7 +271,7 @@ def test_a_run_saved_without_train_crops_resumes_with_random_crops_exactly(tiny_
     train(_config(tiny_tree, straight, epochs=2, train_crops="random"), show_progress=False)
     old = tmp_path / "old"
     train(_config(tiny_tree, old, epochs=1, train_crops="random"), show_progress=False)
-    _forget_train_crops(old)
+    forget_option(old, "train_crops")
     assert main(["train", "--out", str(old), "--resume", "--epochs", "2", "--quiet"]) == 0
     a, b = _weights(straight / "last.safetensors"), _weights(old / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
