@@ -41,6 +41,8 @@ from pathlib import Path
 
 from throughput import cpu_name, source_fingerprint  # benchmarks/throughput.py
 
+from zfnet.cores import busy_seconds
+
 LOADS = ("idle", "busy")
 DATA = ("memory", "streamed")
 BEHAVIOURS = ("old", "new")
@@ -96,16 +98,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- the parent
-def busy_ticks() -> float:
-    """CPU-seconds all processes have spent since boot (``/proc/stat``; NaN where unreadable)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except OSError:
-        return float("nan")
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -133,14 +125,14 @@ def run_child(args: argparse.Namespace, data: Path, load: str, mode: str, behavi
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if behaviour == ONE_THREAD:
         env["OMP_NUM_THREADS"] = "1"
-    ticks, cpu, start = busy_ticks(), children_cpu(), time.perf_counter()
+    busy, cpu, start = busy_seconds(), children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     wall = time.perf_counter() - start
     used_cpu = children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"{load}/{mode}/{behaviour} failed:\n{done.stderr[-3000:]}")
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    others = max(0.0, (busy_ticks() - ticks - used_cpu) / wall)
+    others = max(0.0, (busy_seconds() - busy - used_cpu) / wall)
     return Run(load, mode, behaviour, got["epochs"], got["wall"], got["threads"], got["workers"], got["free"],
                used_cpu, others)
 

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zfnet.cores import busy_seconds
 from zfnet.models import build, list_models, model_info
 from zfnet.models.speed import prepare_for_speed
 
@@ -111,23 +112,13 @@ class OtherLoad:
     """CPU cores kept busy by other processes during a ``with`` block (Linux; NaN elsewhere)."""
 
     def __enter__(self) -> OtherLoad:
-        self._start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        self._start = (busy_seconds(), _own_seconds(), time.perf_counter())
         self.cores = float("nan")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        busy, own, wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        busy, own, wall = busy_seconds(), _own_seconds(), time.perf_counter()
         self.cores = max(0.0, ((busy - self._start[0]) - (own - self._start[1])) / (wall - self._start[2]))
-
-
-def _busy_seconds() -> float:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except OSError:
-        return float("nan")
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_seconds() -> float:

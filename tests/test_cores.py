@@ -326,3 +326,13 @@ def test_a_thread_count_in_the_configuration_wins(tiny_tree, tmp_path, monkeypat
     _train(tiny_tree, tmp_path / "run", threads=2)
     assert [(p.threads, p.threads_from) for p in applied] == [(2, "asked for")]
     assert _saved_threads(tmp_path / "run") == 2
+
+
+def test_busy_seconds_adds_the_cpus_asked_for_and_is_nan_where_unreadable(monkeypatch):
+    ticks = {0: (150, 50), 1: (30, 170)}
+    fake_machine(monkeypatch, [0, 1], [stat_text(ticks)] * 4)  # 100 ticks a second
+    assert cores.busy_seconds() == pytest.approx(1.8)  # every CPU: 150 + 30 busy ticks
+    assert cores.busy_seconds({1}) == pytest.approx(0.3)
+    assert cores.busy_seconds({5}) != cores.busy_seconds({5})  # no such CPU: NaN
+    fake_machine(monkeypatch, [0, 1], None)
+    assert cores.busy_seconds() != cores.busy_seconds()

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["WINDOW", "MAX_WORKERS", "ThreadPlan", "allowed_cpus", "allowed_cores", "busy_cores", "free_cores",
-           "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply"]
+__all__ = ["WINDOW", "MAX_WORKERS", "ThreadPlan", "allowed_cpus", "allowed_cores", "busy_cores", "busy_seconds",
+           "free_cores", "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply"]
 
 WINDOW = 0.2
 """Seconds over which other processes' load is measured: 20 clock ticks per core at Linux's 100 Hz."""
@@ -106,15 +106,24 @@ def physical_cores(cpus: set[int]) -> int | None:
     return len(cores) or None
 
 
-def _busy_ticks(cpus: set[int]) -> int | None:
-    """Clock ticks all processes have spent on ``cpus`` since boot (``/proc/stat``); None where unreadable."""
+def busy_seconds(cpus: set[int] | None = None) -> float:
+    """CPU-seconds all processes have spent on ``cpus`` (default: every CPU) since boot, busy (not idle or
+    waiting for I/O), from ``/proc/stat``; NaN where it cannot be read. The difference of two readings
+    over a stretch of time, divided by it, is the number of cores kept busy then."""
+    ticks = _busy_ticks(cpus)
+    return float("nan") if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_ticks(cpus: set[int] | None) -> int | None:
+    """Clock ticks all processes have spent on ``cpus`` (None: every CPU) since boot (``/proc/stat``); None
+    where unreadable."""
     text = _read_text("/proc/stat")
     if text is None:
         return None
     total, seen = 0, 0
     for line in text.splitlines():
         name, _, rest = line.partition(" ")
-        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+        if not (name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus)):
             continue
         # user nice system idle iowait irq softirq steal (guest time is inside user already);
         # steal is time the hypervisor gave elsewhere: not free to this process
