@@ -281,10 +281,12 @@ class Scan:
         self.save_every = save_every_default() if save_every is None else float(save_every)
         self.path = None if state_dir is None else \
             Path(state_dir) / f"{STATE_PREFIX}{name}.rank{self.ctx.rank}.safetensors"
-        digest = hashlib.sha256(json.dumps([STATE_FORMAT, name, batch_size, self.ctx.world_size, self.ctx.rank,
-                                            fingerprint], sort_keys=True, default=_json_digest).encode())
-        digest.update(torch.tensor(self.indices, dtype=torch.long).numpy().tobytes())
-        self.fingerprint = digest.hexdigest()
+        self.fingerprint = None  # only a pass that saves its state needs one (not every validation pass)
+        if self.path is not None:
+            digest = hashlib.sha256(json.dumps([STATE_FORMAT, name, batch_size, self.ctx.world_size, self.ctx.rank,
+                                                fingerprint], sort_keys=True, default=_json_digest).encode())
+            digest.update(torch.tensor(self.indices, dtype=torch.long).numpy().tobytes())
+            self.fingerprint = digest.hexdigest()
         self.batch_size = batch_size
         self.resumed_chunks = 0
 
