@@ -47,11 +47,17 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    @property
+    def collective_device(self) -> torch.device:
+        """Where a collective's tensors must be: this process's GPU with NCCL, else the CPU (gloo)."""
+        if self.distributed and dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over all processes (in place); a no-op in one process."""
         if self.distributed:
-            backend_device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu"
-            moved = t.to(backend_device)
+            moved = t.to(self.collective_device)
             dist.all_reduce(moved)
             t.copy_(moved.to(t.device))
         return t

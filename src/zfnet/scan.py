@@ -204,15 +204,11 @@ def _collective(what: str, call: Callable[[], Any]) -> Any:
                               f"in time ({first})") from None
 
 
-def _backend_device(ctx: DistContext) -> torch.device:
-    return torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def gather_tensor(ctx: DistContext, t: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's ``t`` (first dimensions may differ, the rest must agree), on the CPU, in rank order."""
     if not ctx.distributed:
         return [t.cpu()]
-    dev = _backend_device(ctx)
+    dev = ctx.collective_device
     t = t.to(dev).contiguous()
     sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(ctx.world_size)]
     _collective("gathering results", lambda: dist.all_gather(sizes, torch.tensor([len(t)], device=dev)))
