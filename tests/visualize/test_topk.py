@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from zfnet import Deconvnet, project_top_activations, receptive_fields, top_activations
 from zfnet.models import build
-from zfnet.visualize.topk import TopK
+from zfnet.graph import trace
+from zfnet.visualize.topk import MERGE_IMAGES, TopK, covering_pool
 
 
 def _activations(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
@@ -92,6 +93,71 @@ def test_ties_keep_the_earlier_image_and_values_descend():
     for c in range(top.values.shape[0]):
         twins = [int(i) for i in top.image_index[c] if int(i) in (0, 4, 5, 6, 7)]
         assert twins == [0, 4, 5, 6, 7]
+
+
+class _Integers(nn.Module):
+    """Integer weights on integer images: every value exact in float32, so maxima tie often and
+    compare the same in any batch. conv -> relu -> pool (covering, padded, ceil mode) -> conv -> relu
+    -> pool (2 x 2 stride 3: gaps) -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.conv2 = nn.Conv2d(6, 5, 3, bias=False)
+        self.pool2 = nn.MaxPool2d(2, 3)
+        self.fc = nn.Linear(5 * 2 * 2, 7, bias=False)
+        for m in (self.conv1, self.conv2, self.fc):
+            m.weight.data = torch.randint(-1, 2, m.weight.shape, generator=g).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(self.pool2(x), 1))
+
+
+def test_covering_pool_is_found_only_where_it_reads_every_position():
+    graph = trace(_Integers())
+    conv1, pool1, conv2 = (graph.index_of(n) for n in ("relu1", "pool1", "conv2"))
+    assert covering_pool(graph, conv1, graph.output, (3, 13, 13)) == pool1  # padding and ceil mode cover
+    assert covering_pool(graph, conv1, conv1, (3, 13, 13)) is None  # the pooling is not computed
+    assert covering_pool(graph, conv2, graph.output, (3, 13, 13)) is None  # conv2's output goes to relu first
+    relu2 = next(i for i in graph.nodes[conv2].consumers)
+    assert covering_pool(graph, relu2, graph.output, (3, 13, 13)) is None  # stride 3 over 2 x 2 windows: gaps
+
+
+def test_many_batches_with_ties_match_brute_force_positions_from_the_pooling():
+    # 60 batches of 4 integer images: maxima tie within and across batches (ReLU zeros, repeated
+    # integers), the top-k is merged many times, and conv1's positions come from pool1's switches.
+    model = _Integers()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 3, (240, 3, 13, 13), generator=g).float()
+    # Every third image repeats a brighter 4 x 4 patch: its maps' maxima recur at several positions,
+    # in several pooling windows, and the first (row-major) one must be found.
+    patches = torch.randint(0, 5, (80, 3, 4, 4), generator=g).float()
+    images[::3] = patches.repeat(1, 1, 4, 4)[:, :, :13, :13]
+    images[100:110] = images[6]  # equal images: equal maxima at equal positions
+    got = top_activations(model, images.split(4), ["relu1", "pool1", "conv2", "fc"], k=5)
+    for layer in ("relu1", "pool1", "conv2", "fc"):
+        want = brute_force_topk(model, images, layer, 5, batch_size=4)
+        assert torch.equal(got[layer].values, want.values), layer
+        assert torch.equal(got[layer].image_index, want.image_index), layer
+        assert torch.equal(got[layer].position, want.position), layer
+    act = torch.relu(model.conv1(images)).flatten(2)
+    top = got["relu1"]
+    maxima_at = act[top.image_index, torch.arange(6)[:, None]] == top.values[..., None]  # (maps, k, positions)
+    assert (maxima_at.sum(-1) > 1).sum() >= 6  # entries whose maximum recurs: the first had to be chosen
+    assert bool((top.values[:, :-1] == top.values[:, 1:]).any())  # equal values: the earlier image first
+
+
+def test_a_fully_connected_layer_is_merged_in_windows_and_matches_brute_force():
+    model, images = _model_and_images(MERGE_IMAGES // 8 + 40)
+    got = top_activations(model, images.split(16), ["fc6", "fc8"], k=9)
+    for layer in ("fc6", "fc8"):
+        want = brute_force_topk(model, images, layer, 9, batch_size=16)
+        assert torch.equal(got[layer].values, want.values) and torch.equal(got[layer].image_index, want.image_index)
 
 
 def _all_hooks_empty(model: nn.Module) -> bool:

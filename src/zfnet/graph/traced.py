@@ -357,11 +357,16 @@ class Graph:
             return node.op.run_recording(args, kwargs)
         return node.op.run(args, kwargs), None
 
-    def run(self, x: torch.Tensor, *, upto: int | None = None, keep: Iterable[int] = ()) -> dict[int, Any]:
+    def run(self, x: torch.Tensor, *, upto: int | None = None, keep: Iterable[int] = (),
+            visit: Callable[[int, Any, Any], None] | None = None, record: Iterable[int] = ()) -> dict[int, Any]:
         """Run the graph on ``x`` up to node ``upto`` (default: the output): the values of ``keep``.
 
-        Values no later node needs are freed as soon as they are used.
+        Values no later node needs are freed as soon as they are used. ``visit(i, value, ctx)`` is called
+        with each node's value as soon as it is computed (to read a layer while it is in the cache,
+        without keeping it); ``ctx`` is None except for the nodes in ``record``, which run in their
+        recording form (:meth:`call`: max-pooling's switches, at no extra cost on a CPU).
         """
+        record = set(record)
         self._ensure_ops(x)
         last = self.output if upto is None else upto
         keep = set(keep) | {last}
@@ -371,7 +376,9 @@ class Graph:
         out: dict[int, Any] = {}
         for i in sorted(needed):
             if i:
-                values[i], _ = self.call(i, values.__getitem__)
+                values[i], ctx = self.call(i, values.__getitem__, record=i in record)
+                if visit is not None:
+                    visit(i, values[i], ctx)
             if i in keep:
                 out[i] = values[i]
             for r in set(_refs((self.nodes[i].args, self.nodes[i].kwargs))):

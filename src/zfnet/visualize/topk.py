@@ -25,7 +25,7 @@ from ..scan import Scan, Sums, model_fingerprint
 from .deconvnet import KEEP_MODES, Deconvnet
 from .receptive_field import receptive_fields
 
-__all__ = ["TopK", "TopKProjections", "RunningTopK", "top_activations", "search_top_activations",
+__all__ = ["TopK", "TopKProjections", "RunningTopK", "covering_pool", "top_activations", "search_top_activations",
            "clear_search_state", "project_top_activations", "resolve_layers",
            "layer_outputs"]
 
@@ -75,14 +75,47 @@ class TopKProjections:
     boxes: torch.Tensor
 
 
+def covering_pool(graph: Graph, layer: int, upto: int, input_shape: Sequence[int]) -> int | None:
+    """A max-pooling node, at most node ``upto``, that reads every position of node ``layer``'s maps.
+
+    It must take the layer's output directly and its windows must cover every position (no gap between
+    strides, none past the last row or column, no dilation), so that each map's maximum over the pooled
+    output is exactly its maximum over the layer's. None where there is no such pooling.
+    """
+    layout = graph.layout(input_shape)
+    shape = layout.shapes[layer]
+    if layout.axes[layer] != (2, 3) or not isinstance(shape, (tuple, list)) or len(shape) != 3:
+        return None
+    for p in graph.nodes[layer].consumers:
+        node = graph.nodes[p]
+        if p > upto or node.op is None or node.op.kind != "maxpool" or node.inputs != (layer,):
+            continue
+        g, out = layout.geometry[p], layout.shapes[p]
+        if g is None or g.dilation != (1, 1) or not isinstance(out, (tuple, list)) or len(out) != 3:
+            continue
+        if all(g.kernel[a] >= g.stride[a] and (out[1 + a] - 1) * g.stride[a] - g.padding[a] + g.kernel[a] >= shape[1 + a]
+               for a in (0, 1)):
+            return p
+    return None
+
+
+#: A layer with (B, C) outputs is searched when this many of its images, at most, are set aside.
+MERGE_IMAGES = 1024
+
+
 class RunningTopK:
     """A layer's running top-k: per map, the k largest per-image maxima seen so far.
 
-    Each entry carries one int64 key, ``image id * H * W + flat position``, so a merge is one
-    sort and two gathers, and a batch none of whose maxima beats a map's k-th value is skipped. It is
-    an accumulator of :class:`zfnet.scan.Scan`: its :meth:`state` is saved and gathered, and
-    :meth:`combine` re-ranks the states of several disjoint passes into exactly the top-k of one pass
-    over all their images (at equal values the smaller image id first, as in one pass in id order).
+    Each entry carries one int64 key, ``image id * H * W + flat position``. A batch's maxima above
+    a map's k-th value are set aside as candidates (with the position of each, read from the batch's
+    output while it is at hand); once there are as many candidates as kept entries, they are merged
+    in one sort of a (maps, k + candidates) table, so a batch costs a few whole-tensor operations
+    whatever the number of maps. A (B, C) layer's outputs are set aside whole and searched at the
+    merge, every time as many images as were merged before, at most :data:`MERGE_IMAGES`. Memory:
+    about two entries per kept one, and that many (B, C) outputs. It is an accumulator of
+    :class:`zfnet.scan.Scan`: its :meth:`state` is saved and gathered, and :meth:`combine` re-ranks
+    the states of several disjoint passes into exactly the top-k of one pass over all their images
+    (at equal values the smaller image id first, as in one pass in id order).
 
     Example:
         >>> top = RunningTopK("conv1", k=2)
@@ -93,97 +126,161 @@ class RunningTopK:
 
     def __init__(self, name: str, k: int) -> None:
         self.name, self.k = name, k
-        self.values: torch.Tensor | None = None  # (C, k), descending
-        self.keys: torch.Tensor | None = None  # (C, k) int64, -1 for padding
+        self._values: torch.Tensor | None = None  # (C, k), descending
+        self._keys: torch.Tensor | None = None  # (C, k) int64, -1 for padding
         self.width = 1  # map width and area, to decode keys
         self.area = 1
         self._sized = False  # width and area are a batch's (not the defaults)
+        # Set aside until the next merge, per batch: ((rows, maps, values) of the candidates, the batch's
+        # first image id or its ids, their positions); a (B, C) layer's whole output and None instead.
+        self._pending: list[tuple] = []
+        self._pending_count = 0  # candidates, or images of a (B, C) layer
+        self._merged = 0  # images merged so far
 
-    def update(self, out: torch.Tensor, first: int = 0, *, ids: torch.Tensor | None = None) -> None:
+    @property
+    def values(self) -> torch.Tensor | None:
+        """(C, k) the kept maxima per map, descending; None before any image."""
+        self._flush()
+        return self._values
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """(C, k) int64 the kept entries' keys (-1 for padding); None before any image."""
+        self._flush()
+        return self._keys
+
+    def update(self, out: torch.Tensor, first: int = 0, *, ids: torch.Tensor | None = None,
+               pooled: torch.Tensor | None = None, switches: torch.Tensor | None = None) -> None:
         """Take one batch of the layer's outputs (B, C, H, W) or (B, C), its images numbered ``first``,
-        ``first + 1`` ... (or ``ids``: (B,) int64, increasing along the pass)."""
+        ``first + 1`` ... (or ``ids``: (B,) int64, increasing along the pass).
+
+        ``pooled``, ``switches``: the output and indices of a max-pooling of ``out`` whose windows cover
+        every position (:func:`covering_pool`), where the model computes it anyway: the maps' maxima and
+        their positions are then read from it, without a pass over ``out``.
+        """
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{self.name} returns a {type(out).__name__}; top_activations needs a tensor")
         out = out.detach()
         if out.dim() not in (2, 4):
             raise ValueError(f"{self.name} outputs shape {tuple(out.shape)}; top_activations needs "
                              "(B, C, H, W) or (B, C)")
-        # The passes over the whole output (each map's maximum; the position of those that enter) are
-        # most of the work; the merge sorts only the maps where an entry enters (after the first
-        # batches, few). Switching torch to one thread for the small sorts cost more than it saved
-        # (0.45 ms a switch, measured).
-        best = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, C)
+        if pooled is not None:
+            pooled = pooled.detach()
+            if switches is None or out.dim() != 4 or pooled.shape[:2] != out.shape[:2] or \
+                    switches.shape != pooled.shape:
+                raise ValueError(f"{self.name}: pooled maxima that do not belong to its output")
+            best = pooled.amax(dim=(2, 3))
+        else:
+            best = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, C)
         b, c = best.shape
-        if self.values is not None and len(self.values) != c:
+        if self._values is not None and len(self._values) != c:
             raise ValueError(f"{self.name} has {c} maps, but its running top-k (a saved state?) has "
-                             f"{len(self.values)}")
-        if self.values is None:
-            self.values = best.new_full((c, self.k), float("-inf"))
-            self.keys = torch.full((c, self.k), -1, dtype=torch.long, device=best.device)
-        # Only maxima above a map's k-th value can enter its top k (at equal values the kept,
-        # earlier entry wins), so only their maps are searched for the position of the maximum.
-        enters = best > self.values[:, -1]
-        maps = enters.any(0).nonzero().flatten()  # the maps where an entry enters
-        if not len(maps):
-            return
-        image = torch.arange(first, first + b, device=best.device) if ids is None else \
-            ids.to(device=best.device, dtype=torch.long)
-        keys = image[:, None].expand(b, c)
+                             f"{len(self._values)}")
+        if self._values is None:
+            self._values = best.new_full((c, self.k), float("-inf"))
+            self._keys = torch.full((c, self.k), -1, dtype=torch.long, device=best.device)
         if out.dim() == 4:
             h, w = out.shape[2:]
             if self._sized and (w, h * w) != (self.width, self.area):
                 raise ValueError(f"{self.name}'s maps changed size during the pass (now {h}x{w}); "
                                  "top_activations needs images of one size")
             self.width, self.area, self._sized = w, h * w, True
-            rows, cols = torch.nonzero(enters, as_tuple=True)
-            if 2 * len(rows) > b * c:  # most maps enter (the first batches): search them all in place
-                arg = out.reshape(b, c, h * w).max(2).indices if out.is_contiguous() else \
-                    out.permute(0, 2, 3, 1).reshape(b, h * w, c).max(1).indices
+        image = first if ids is None else ids.to(device=best.device, dtype=torch.long)
+        if out.dim() == 2:  # searched at the merge: nothing here has to wait for the next layers
+            self._pending.append((best, image, None))
+            self._pending_count += b
+            if self._pending_count >= min(max(b, self._merged), MERGE_IMAGES):
+                self._flush()
+            return
+        # Only maxima above a map's k-th value can enter its top k (at equal values the kept, earlier
+        # entry wins). The k-th values are those of the last merge, a lower bound of the current
+        # ones: the candidates include every entry that enters, and a few that the merge drops. Their
+        # positions are read now, while the output is at hand; the rest waits for the merge, which runs
+        # its operations one after another instead of between the model's layers.
+        rows, cols = torch.nonzero(best > self._values[:, -1], as_tuple=True)  # by image: near in memory
+        if not len(rows):
+            return
+        dense = 4 * len(rows) > b * c  # many candidates (the first batches): search every map at once
+        if pooled is not None:
+            # A window's switch is the first (row-major) position of its maximum; the first of the
+            # map's maximum is the smallest switch among the windows that hold it.
+            if dense:
+                arg = torch.where(pooled == best[:, :, None, None], switches, self.area).amin((2, 3))[rows, cols]
             else:
-                arg = torch.zeros_like(keys)
-                arg[rows, cols] = out[rows, cols].reshape(len(rows), -1).max(1).indices
-            keys = keys * self.area + arg  # max(...).indices: the first maximum
-        self._merge(best, keys, maps)
-
-    def _merge(self, best: torch.Tensor, keys: torch.Tensor, maps: torch.Tensor) -> None:
-        """Keep the k largest of the kept entries and this batch's (B, C) maxima with their keys, in
-        ``maps`` (M,), those where an entry enters (after the first batches, few)."""
-        whole = len(maps) == len(self.values)
-        kept_values = self.values if whole else self.values[maps]
-        kept_keys = self.keys if whole else self.keys[maps]
-        values = torch.cat((kept_values, best.t() if whole else best.t()[maps]), dim=1)  # (M, k + B), kept first
-        # A stable sort keeps earlier images ahead of later ones with equal values.
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
-        new_keys = torch.cat((kept_keys, keys.t() if whole else keys.t()[maps]), dim=1).gather(1, order)
-        if whole:
-            self.values, self.keys = values.gather(1, order), new_keys
+                arg = torch.where(pooled[rows, cols].flatten(1) == best[rows, cols][:, None],
+                                  switches[rows, cols].flatten(1), self.area).amin(1)
+        elif dense:
+            arg = out.reshape(b, c, self.area).max(2).indices if out.is_contiguous() else \
+                out.permute(0, 2, 3, 1).reshape(b, self.area, c).max(1).indices
+            arg = arg[rows, cols]
         else:
-            self.values[maps] = values.gather(1, order)
-            self.keys[maps] = new_keys
+            arg = out[rows, cols].reshape(len(rows), -1).max(1).indices  # the first maximum
+        self._pending.append(((rows, cols, best[rows, cols]), image, arg))
+        self._pending_count += len(rows)
+        if self._pending_count >= c * self.k:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Merge the candidates set aside into the kept entries: per map, the k largest values, at equal
+        values the smaller key (the earlier image) first."""
+        if not self._pending:
+            return
+        c, k = self._values.shape
+        device = self._values.device
+        if self._pending[0][2] is None:  # (B, C) outputs: searched now, all at once
+            window = torch.cat([best for best, _, _ in self._pending])
+            ids = torch.cat([torch.arange(image, image + len(best), device=device) if isinstance(image, int)
+                             else image for best, image, _ in self._pending])
+            self._merged += len(window)
+            maps, rows = torch.nonzero(window.t() > self._values[:, -1:], as_tuple=True)  # by map, then image
+            values, keys = window[rows, maps], ids[rows]
+        else:  # candidates found by image, then map
+            maps = torch.cat([cols for (_, cols, _), _, _ in self._pending])
+            values = torch.cat([v for (_, _, v), _, _ in self._pending])
+            keys = torch.cat([((rows + image) if isinstance(image, int) else image[rows]) * self.area + arg
+                              for (rows, _, _), image, arg in self._pending])
+            order = torch.sort(maps, stable=True).indices  # by map, then image
+            maps, values, keys = maps[order], values[order], keys[order]
+        self._pending, self._pending_count = [], 0
+        if not len(maps):
+            return
+        # Per map one row: the kept entries, then its candidates in the order of their images (all later
+        # than the kept ones'); a stable sort of each row by value ranks them as one pass would.
+        counts = torch.bincount(maps, minlength=c)
+        rank = torch.arange(len(maps), device=device) - (torch.cumsum(counts, 0) - counts)[maps] + k
+        width = k + int(counts.max())
+        table = torch.full((c, width), float("-inf"), dtype=values.dtype, device=device)
+        table_keys = torch.full((c, width), -1, dtype=torch.long, device=device)
+        table[:, :k], table_keys[:, :k] = self._values, self._keys
+        table[maps, rank], table_keys[maps, rank] = values, keys
+        order = torch.sort(table, dim=1, descending=True, stable=True).indices[:, :k]
+        self._values, self._keys = table.gather(1, order), table_keys.gather(1, order)
 
     def state(self) -> dict[str, torch.Tensor]:
         """``values`` (C, k), ``keys`` (C, k) and ``geometry`` (width, area); ``{}`` before any image."""
         if self.values is None:
             return {}
-        return {"values": self.values.cpu(), "keys": self.keys.cpu(),
+        return {"values": self._values.cpu(), "keys": self._keys.cpu(),
                 "geometry": torch.tensor([self.width, self.area], dtype=torch.long)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Continue from :meth:`state`'s output (checked: shapes, dtypes, key range)."""
+        self._pending, self._pending_count, self._merged = [], 0, 0
         if not state:
-            self.values = self.keys = None
+            self._values = self._keys = None
             self._sized = False
             return
         values, keys, geometry = _checked_state(self.name, self.k, state)
-        self.values, self.keys = values, keys
+        self._values, self._keys = values, keys
         self.width, self.area = int(geometry[0]), int(geometry[1])
         self._sized = bool((keys >= 0).any())
 
     def combine(self, states) -> None:
         """Become the top-k of the union of several disjoint passes' states (this one's among them)."""
+        self._pending, self._pending_count, self._merged = [], 0, 0
         states = [_checked_state(self.name, self.k, s) for s in states if s]
         if not states:
-            self.values = self.keys = None
+            self._values = self._keys = None
             self._sized = False
             return
         geometry = {tuple(int(g) for g in s[2]) for s in states if bool((s[1] >= 0).any())}
@@ -198,14 +295,15 @@ class RunningTopK:
         by_key = torch.sort(keys, dim=1, stable=True).indices
         values, keys = values.gather(1, by_key), keys.gather(1, by_key)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
-        self.values, self.keys = values.gather(1, order), keys.gather(1, order)
+        self._values, self._keys = values.gather(1, order), keys.gather(1, order)
         self.width, self.area = next(iter(geometry)) if geometry else (1, 1)
         self._sized = bool(geometry)
 
     def result(self) -> TopK:
-        valid = self.keys >= 0
-        index = torch.where(valid, self.keys // self.area, -1)
-        flat = self.keys % self.area
+        keys = self.keys
+        valid = keys >= 0
+        index = torch.where(valid, keys // self.area, -1)
+        flat = keys % self.area
         position = torch.stack((flat // self.width, flat % self.width), dim=-1)
         position = position.masked_fill(~valid[..., None], -1)
         return TopK(self.name, self.values, index, position)
@@ -257,6 +355,41 @@ def layer_outputs(graph: Graph, images: torch.Tensor, names: Sequence[str]) -> d
     return {name: values[i] for name, i in index.items()}
 
 
+class _Search:
+    """One forward pass per batch through the traced graph, as far as the deepest layer, feeding each
+    layer's running top-k (with the output of a max-pooling that reads the layer whole, where there is one)."""
+
+    def __init__(self, graph: Graph, running: Sequence[RunningTopK]) -> None:
+        self.graph = graph
+        self.index = [graph.index_of(top.name) for top in running]
+        self.upto = max(self.index)
+        self.running = dict(zip(self.index, running, strict=True))
+        self.pools: dict[tuple[int, ...], dict[int, int]] = {}  # per input shape: pooling node -> layer
+
+    def __call__(self, images: torch.Tensor, first: int = 0, ids: torch.Tensor | None = None) -> None:
+        shape = tuple(images.shape[1:])
+        if shape not in self.pools:
+            found = {i: covering_pool(self.graph, i, self.upto, shape) for i in self.index}
+            self.pools[shape] = {p: i for i, p in found.items() if p is not None}
+        pools = self.pools[shape]
+        pooled = set(pools.values())
+        waiting: dict[int, torch.Tensor] = {}  # layers whose pooling is still to come
+
+        # Each layer is read as soon as the graph computes it (or its pooling), while it is in the cache,
+        # and freed with the rest of the pass's values instead of being kept to the end.
+        def visit(i: int, value: Any, switches: Any) -> None:
+            if i in self.running:
+                if i in pooled:
+                    waiting[i] = value
+                else:
+                    self.running[i].update(value, first, ids=ids)
+            if i in pools:
+                layer = pools[i]
+                self.running[layer].update(waiting.pop(layer), first, ids=ids, pooled=value, switches=switches)
+
+        self.graph.run(images, upto=self.upto, visit=visit, record=pools)
+
+
 def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Sequence[torch.Tensor]],
                     layers: str | Sequence[str], k: int = 9) -> dict[str, TopK]:
     """The ``k`` images with the strongest activation in each feature map of each layer.
@@ -303,6 +436,7 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
     graph = model if isinstance(model, Graph) else trace(model)
     names = resolve_layers(graph, layers)
     running = {name: RunningTopK(name, k) for name in names}
+    search = _Search(graph, list(running.values()))
     like = model_like(graph.model)
     seen = 0
     with eval_mode(graph.model), torch.no_grad():
@@ -310,8 +444,7 @@ def top_activations(model: nn.Module, data: Iterable[torch.Tensor] | Iterable[Se
             images = _images_of(batch)
             if like is not None:
                 images = images.to(device=like.device, dtype=like.dtype)
-            for name, output in layer_outputs(graph, images, names).items():
-                running[name].update(output, seen)
+            search(images, seen)
             seen += len(images)
     result = {}
     for name, top in running.items():
@@ -360,6 +493,7 @@ def search_top_activations(model: nn.Module, stream: ImageStream, indices: Seque
     names = resolve_layers(graph, layers)
     like = model_like(model)
     running = [RunningTopK(name, k) for name in names]
+    search = _Search(graph, running)
     count = Sums(images=0.0)
     # The weights' digest (a pass over every parameter) only where a saved state is to be matched.
     scan = Scan(indices, batch_size, ctx=ctx, state_dir=state_dir, name="top-activations",
@@ -372,9 +506,7 @@ def search_top_activations(model: nn.Module, stream: ImageStream, indices: Seque
         x = inputs(pixels)
         if like is not None:
             x = x.to(device=like.device, dtype=like.dtype, non_blocking=True)
-        outputs = layer_outputs(graph, x, names)
-        for top in running:
-            top.update(outputs[top.name], ids=positions)
+        search(x, ids=positions)
         count.add(images=len(positions))
 
     with eval_mode(model), torch.no_grad():
