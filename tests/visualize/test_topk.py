@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from zfnet import Deconvnet, project_top_activations, receptive_fields, top_activations
-from zfnet.models import build
 from zfnet.graph import trace
+from zfnet.models import build
 from zfnet.visualize.topk import MERGE_IMAGES, TopK, covering_pool
 
 

@@ -93,8 +93,9 @@ def covering_pool(graph: Graph, layer: int, upto: int, input_shape: Sequence[int
         g, out = layout.geometry[p], layout.shapes[p]
         if g is None or g.dilation != (1, 1) or not isinstance(out, (tuple, list)) or len(out) != 3:
             continue
-        if all(g.kernel[a] >= g.stride[a] and (out[1 + a] - 1) * g.stride[a] - g.padding[a] + g.kernel[a] >= shape[1 + a]
-               for a in (0, 1)):
+        # No gap between windows, and the last one reaches the last row (column).
+        if all(g.kernel[a] >= g.stride[a] and (out[1 + a] - 1) * g.stride[a] - g.padding[a] + g.kernel[a]
+               >= shape[1 + a] for a in (0, 1)):
             return p
     return None
 
