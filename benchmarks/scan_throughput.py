@@ -13,9 +13,10 @@ Three measurements, each the median of ``--repeats`` alternating passes:
    :mod:`zfnet.scan`.
 2. **Pre-decoded** (full-size ZFNet, 224 px, ``--full-images`` images decoded once into memory): the same
    two passes, so that the model is the only bound.
-3. **Processes**: the pre-decoded ``zfnet-cpu`` scan with 1 process (all cores) and with ``--ranks``
-   processes on gloo (cores divided between them), timed from a barrier to the end of the combined
-   result on every rank; and the plain pass with the same ranks, for the ratio under N ranks.
+3. **Processes**: the ``zfnet-cpu`` scan with 1 process (all cores) and with ``--ranks`` processes on
+   gloo (cores divided between them), timed from a barrier to the end of the combined result on every
+   rank, and the plain pass with the same ranks, for the ratio under N ranks: once through the JPEG
+   loader (each process decoding its own share) and once pre-decoded.
 
 The reference pass is what one writes by hand: batches from the same loader, the same normalisation
 and crop, ``model(x)`` under ``torch.no_grad`` with the model in its fast inference form
@@ -108,12 +109,12 @@ def one_process(name: str, size: int, stream: ImageStream, batch: int, repeats: 
 
 
 def _rank(rank: int, world: int, port: int, root: str, n: int, batch: int, repeats: int, threads: int,
-          out: str) -> None:
+          cache: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     ctx = DistContext(rank=rank, world_size=world)
-    stream = ImageStream(open_dataset(root, "val", base_size(112)), workers=0, cache="memory", show_progress=False)
+    stream = ImageStream(open_dataset(root, "val", base_size(112)), workers=0, cache=cache, show_progress=False)
     model, inputs = model_and_inputs("zfnet-cpu", 112)
     indices = list(range(len(stream)))
     chunks = plan_chunks(indices, batch)
@@ -133,12 +134,14 @@ def _rank(rank: int, world: int, port: int, root: str, n: int, batch: int, repea
     dist.destroy_process_group()
 
 
-def processes(world: int, root: Path, n: int, batch: int, repeats: int, threads: int) -> tuple[float, float]:
+def processes(world: int, root: Path, n: int, batch: int, repeats: int, threads: int,
+              cache: str = "memory") -> tuple[float, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.NamedTemporaryFile(suffix=".txt") as f:
-        mp.spawn(_rank, args=(world, port, str(root), n, batch, repeats, threads, f.name), nprocs=world, join=True)
+        mp.spawn(_rank, args=(world, port, str(root), n, batch, repeats, threads, cache, f.name), nprocs=world,
+                 join=True)
         p, s = Path(f.name).read_text().split()
     return float(p), float(s)
 
@@ -172,14 +175,15 @@ def main() -> None:
         print(f"decoded  zfnet      {n} images in memory: plain {p:.2f} s ({n / p:.1f} img/s), "
               f"scan {s:.2f} s ({n / s:.1f} img/s): scan/plain = {s / p:.3f}")
 
-        p1, s1 = processes(1, root, args.images, args.batch_size, args.repeats, cores)
-        pn, sn = processes(args.ranks, root, args.images, args.batch_size, args.repeats, max(1, cores // args.ranks))
-        n = args.images
-        print(f"ranks    zfnet-cpu  {n} images in memory: 1 process ({cores} threads) scan {s1:.2f} s "
-              f"({n / s1:.0f} img/s), plain {p1:.2f} s: scan/plain = {s1 / p1:.3f}")
-        print(f"         {args.ranks} processes ({max(1, cores // args.ranks)} threads each) scan {sn:.2f} s "
-              f"({n / sn:.0f} img/s), plain {pn:.2f} s: scan/plain = {sn / pn:.3f}; "
-              f"speed-up of the scan over 1 process: {s1 / sn:.2f}x")
+        n, each = args.images, max(1, cores // args.ranks)
+        for cache, what in (("none", "JPEGs decoded in each process"), ("memory", "images in memory")):
+            p1, s1 = processes(1, root, n, args.batch_size, args.repeats, cores, cache)
+            pn, sn = processes(args.ranks, root, n, args.batch_size, args.repeats, each, cache)
+            print(f"ranks    zfnet-cpu  {n} {what}: 1 process ({cores} threads) scan {s1:.2f} s "
+                  f"({n / s1:.0f} img/s), plain {p1:.2f} s: scan/plain = {s1 / p1:.3f}")
+            print(f"         {args.ranks} processes ({each} threads each) scan {sn:.2f} s "
+                  f"({n / sn:.0f} img/s), plain {pn:.2f} s: scan/plain = {sn / pn:.3f}; "
+                  f"speed-up of the scan over 1 process: {s1 / sn:.2f}x")
 
 
 def _first(ds, n: int):

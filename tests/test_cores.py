@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from helpers.runs import forget_option
 
 from zfnet import cores
+from zfnet.errors import ZFNetError
 
 
 @pytest.fixture(autouse=True)
@@ -336,3 +341,102 @@ def test_busy_seconds_adds_the_cpus_asked_for_and_is_nan_where_unreadable(monkey
     assert cores.busy_seconds({5}) != cores.busy_seconds({5})  # no such CPU: NaN
     fake_machine(monkeypatch, [0, 1], None)
     assert cores.busy_seconds() != cores.busy_seconds()
+
+
+# -- side by side ------------------------------------------------------------------------------------
+# The calls run in fresh processes: they are module-level functions of this file.
+
+def threads_and_pid(tag: str) -> tuple[str, int, int]:
+    return tag, torch.get_num_threads(), os.getpid()
+
+
+def fail_as_user_error(message: str) -> None:
+    from zfnet.errors import ZFNetError
+
+    raise ZFNetError(message)
+
+
+def crash() -> None:
+    raise ValueError("a bug")
+
+
+def sleep_then(seconds: float, marker: str) -> None:
+    import time
+
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def test_side_by_side_runs_each_call_in_its_own_process_with_the_threads_asked():
+    polls = []
+    got = cores.side_by_side(threads_and_pid, [("a",), ("b",)], threads=1, poll=lambda: polls.append(1))
+    assert [tag for tag, _, _ in got] == ["a", "b"]  # the calls' order
+    assert all(threads == 1 for _, threads, _ in got)
+    pids = {pid for _, _, pid in got}
+    assert len(pids) == 2 and os.getpid() not in pids and polls
+
+
+def test_side_by_side_stops_the_others_when_one_fails(tmp_path):
+    marker = tmp_path / "sleeper.pid"
+    t0 = time.monotonic()
+    with pytest.raises(ZFNetError, match="^the data is wrong$"):
+        cores.side_by_side(lambda_free_call, [(fail_as_user_error, ("the data is wrong",)),
+                                              (sleep_then, (120.0, str(marker)))], threads=1)
+    assert time.monotonic() - t0 < 60  # the sleeper was stopped, not waited for
+    if marker.exists():
+        pid = int(marker.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(RuntimeError, match="ValueError: a bug"):
+        cores.side_by_side(crash, [()], threads=1)
+
+
+def lambda_free_call(fn, args):
+    return fn(*args)
+
+
+def test_a_process_side_by_side_stops_when_its_parent_is_killed(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = ("import sys; sys.path[:0] = sys.argv[1:3]\n"
+              "from test_cores import sleep_then\n"
+              "from zfnet import cores\n"
+              f"cores.side_by_side(sleep_then, [(120.0, {str(marker)!r})], threads=1)\n")
+    here = str(Path(__file__).parent)
+    parent = subprocess.Popen([sys.executable, "-c", script, here, str(Path(here) / "helpers")])
+    for _ in range(600):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):  # it checks every second
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the orphaned process kept running")
+
+
+def test_demo_trains_runs_side_by_side_as_it_would_one_after_the_other(tiny_tree, tmp_path, monkeypatch):
+    from zfnet.experiments.demo import train_runs
+    from zfnet.train import TrainConfig
+    from zfnet.train.run import Run
+
+    monkeypatch.setattr(cores, "process_free_cores", lambda: 2)
+    base = dict(data=str(tiny_tree), model="zfnet-tiny", epochs=2, batch_size=8, workers=0, snapshots=(2,),
+                lr_patience=5, threads=1)
+    sequential = [TrainConfig(out=str(tmp_path / f"seq{i}"), seed=i, **base) for i in range(2)]
+    train_runs(sequential, side_by_side=False, show_progress=False)
+    parallel = [TrainConfig(out=str(tmp_path / f"par{i}"), seed=i, **{**base, "threads": None}) for i in range(2)]
+    train_runs(parallel, show_progress=False)
+    for i in range(2):
+        a, b = Run.open(tmp_path / f"seq{i}"), Run.open(tmp_path / f"par{i}")
+        assert a.finished_epochs == 2
+        assert b.finished_epochs == 2 and _saved_threads(tmp_path / f"par{i}") == 1
+        weights = zip(a.model().model.state_dict().items(), b.model().model.state_dict().items(), strict=True)
+        for (name, x), (_, y) in weights:
+            assert torch.equal(x, y), name  # one thread each: bit for bit the sequential runs

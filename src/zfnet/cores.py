@@ -33,20 +33,34 @@ keeps a run's count when it resumes (``TrainConfig.threads``), and runs meant to
 processes pin it (``OMP_NUM_THREADS``). The workers change nothing in the results.
 
 :func:`apply` sets torch's thread count from a plan, once; nothing here runs in the background.
+
+**Side by side.** A small model trained with small batches does not keep two threads busy: on the
+2-core machine of the benchmarks two single-thread trainings side by side do 1.24x the work of one
+two-thread training after the other (``docs/benchmarks.md``). :func:`side_by_side` runs independent
+calls (trainings) in processes of their own, the free cores shared among them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import os
+import threading
 import time
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any
 
 import torch
 
+from .errors import ZFNetError
+
 __all__ = ["WINDOW", "MAX_WORKERS", "ThreadPlan", "allowed_cpus", "allowed_cores", "busy_cores", "busy_seconds",
-           "free_cores", "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply"]
+           "free_cores", "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply",
+           "side_by_side"]
 
 WINDOW = 0.2
 """Seconds over which other processes' load is measured: 20 clock ticks per core at Linux's 100 Hz."""
@@ -283,3 +297,82 @@ def apply(plan: ThreadPlan) -> int:
     if plan.threads != before:
         torch.set_num_threads(plan.threads)
     return before
+
+
+def side_by_side(fn: Callable[..., Any], calls: Sequence[tuple], *, threads: int,
+                 poll: Callable[[], None] | None = None) -> list[Any]:
+    """``[fn(*args) for args in calls]``, every call at once in a process of its own with ``threads`` threads.
+
+    For independent work that keeps more processes busy than threads (small-batch training on a few
+    cores). The processes are started fresh (``spawn``): ``fn`` must be a module-level function and its
+    arguments and result must pickle. A process stops when this one dies (it checks every second), and
+    the others are stopped when one fails.
+
+    Args:
+        fn: the work of one call.
+        calls: the arguments of each call.
+        threads: torch's intra-op threads in each process.
+        poll: called about every second while the calls run (to update a progress bar).
+
+    Returns:
+        The calls' results, in order.
+
+    Raises:
+        ZFNetError: a call raised one (its message), or a process died without a result.
+        RuntimeError: a call failed otherwise (the message holds its traceback).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    running = []
+    try:
+        for args in calls:
+            receive, send = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_call_in_child, args=(fn, args, threads, os.getpid(), send))
+            process.start()
+            send.close()  # the child's end: its death closes the pipe
+            running.append((process, receive))
+        results: dict[int, Any] = {}
+        while len(results) < len(running):
+            ready = wait([r for i, (_, r) in enumerate(running) if i not in results], timeout=1.0)
+            for i, (process, receive) in enumerate(running):
+                if i in results or receive not in ready:
+                    continue
+                try:
+                    status, value = receive.recv()
+                except EOFError:
+                    process.join()
+                    raise ZFNetError(f"a process working side by side stopped without a result "
+                                     f"(exit code {process.exitcode})") from None
+                if status == "error":
+                    raise ZFNetError(value)
+                if status == "crash":
+                    raise RuntimeError(f"a process working side by side failed:\n{value}")
+                results[i] = value
+            if poll is not None:
+                poll()
+        return [results[i] for i in range(len(running))]
+    finally:
+        for process, receive in running:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+            receive.close()
+
+
+def _call_in_child(fn: Callable[..., Any], args: tuple, threads: int, parent: int, send: Any) -> None:
+    """One call of :func:`side_by_side`, in its process: the result, or the failure, goes back through ``send``."""
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+    torch.set_num_threads(threads)
+    try:
+        outcome = ("ok", fn(*args))
+    except ZFNetError as err:
+        outcome = ("error", str(err))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        outcome = ("crash", traceback.format_exc())
+    send.send(outcome)
+    send.close()
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(3)  # the parent is gone (killed): nobody wants the result

@@ -18,8 +18,9 @@ from zfnet.experiments.transfer import Config, run, transfer_study
 
 
 def transfer_job(run_dir, data, out, **options):
-    """The transfer experiment on a run directory, as the command line runs it (one process, CPU)."""
-    options = {"workers": 0, "device": "cpu", **options}
+    """The transfer experiment on a run directory, as the command line runs it (one process, CPU: the
+    baselines trained in this process, where the tests can count them)."""
+    options = {"workers": 0, "device": "cpu", "side_by_side": False, **options}
     return run(Config(run=str(run_dir), data=str(data), **options), out, show_progress=False)
 
 
@@ -226,3 +227,22 @@ def test_the_baseline_can_be_trained_on_the_first_splits_only(quick_run, seconda
     assert len(numbers["pretrained"]["5"]["per_split"]) == 3 and len(numbers["scratch"]["5"]["per_split"]) == 2
     row = next(r for r in numbers["report"]["tables"][0]["rows"] if "from scratch" in r[0])
     assert "2 of the splits" in row[0]
+
+
+def test_baselines_side_by_side_score_as_one_after_the_other_on_one_thread(quick_run, secondary_data, tmp_path,
+                                                                           monkeypatch):
+    import torch
+
+    from zfnet import cores
+
+    kwargs = dict(per_class=(5,), splits=3, baseline_splits=3, scratch_steps=3, scratch_batch_size=8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count of each process side by side below: the same sums
+    try:
+        alone = transfer_job(quick_run, secondary_data, tmp_path / "alone", **kwargs).numbers
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(cores, "process_free_cores", lambda: 2)
+    side = transfer_job(quick_run, secondary_data, tmp_path / "side", side_by_side=True, **kwargs).numbers
+    assert len(side["scratch"]["5"]["per_split"]) == 3  # three trainings: two side by side, then one
+    assert side["scratch"] == alone["scratch"]

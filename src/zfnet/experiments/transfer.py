@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import cores
 from ..analysis.features import FeatureSet, extract_features
 from ..analysis.linear import fit_and_score, fit_linear, resolve_l2
 from ..data.caltech import TEST_CAPS, per_class_accuracy, sample_splits
@@ -53,7 +54,7 @@ from .base import MAX_COUNT, MAX_SEED, option, write_config
 from .base import Result as _Result
 from .ledger import Ledger
 
-__all__ = ["Config", "Result", "run", "Study", "transfer_study", "NAME", "HELP", "DESCRIPTION"]
+__all__ = ["Config", "Result", "run", "Study", "transfer_study", "scratch_accuracy", "NAME", "HELP", "DESCRIPTION"]
 
 log = logging.getLogger("zfnet")
 
@@ -99,6 +100,9 @@ class Config(probes.FrozenFeatures):
                                      help="images per from-scratch step")
     scratch_lr: float = option(_RECIPE.lr, checked=_RECIPE_LIMITS["lr"],
                                help="from-scratch learning rate (/10 after 3/4)")
+    side_by_side: bool = option(True, help="on the CPU, train the from-scratch baselines side by side, each in a "
+                                "process of its own with its share of the free cores (small networks use one core "
+                                "each better than two)")
     layer: str = option("fc7", help="the frozen layer the softmax reads")
 
     @property
@@ -199,6 +203,12 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     splits_of = {n: sample_splits(labels, n, config.splits, seed=seed, test_cap=cap, candidates=feats.indices.numpy())
                  for n in per_class}
     jobs = [(n, s) for n in per_class for s in range(config.splits)]
+    todo = [(n, s) for n, s in jobs if baseline and s < (config.baseline_splits or config.splits)
+            and ledger.get(f"scratch {n}/{s}") is None]
+    if config.side_by_side and device.type == "cpu" and len(todo) > 1 and cores.process_free_cores() > 1:
+        t1 = time.perf_counter()
+        _scratch_side_by_side(todo, splits_of, meta, stream, num_classes, recipe, seed, ledger, show_progress)
+        t_scratch += time.perf_counter() - t1
     bar = progress(total=len(jobs), desc="transfer splits", unit="split", enabled=show_progress)
     with bar:
         for n, s in jobs:
@@ -220,8 +230,9 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
                 done = ledger.get(f"scratch {name}")
                 if done is None:
                     t1 = time.perf_counter()
-                    done = {"accuracy": _scratch_split(meta, stream, split, num_classes, recipe, seed + s, device,
-                                                       show_progress)}
+                    done = {"accuracy": scratch_accuracy(meta, *_gather(stream, split.train),
+                                                         *_gather(stream, split.test), num_classes, recipe,
+                                                         seed + s, device, show_progress)}
                     t_scratch += time.perf_counter() - t1
                     ledger.put(f"scratch {name}", done)
                 scratch.setdefault(str(n), []).append(done["accuracy"])
@@ -262,15 +273,38 @@ def _softmax_split(feats: FeatureSet, layer: str, split, l2, num_classes: int, s
     return {"accuracy": score, "l2": penalty}
 
 
-def _scratch_split(meta: dict[str, Any], stream: ImageStream, split, num_classes: int, recipe: ScratchRecipe,
-                   seed: int, device: torch.device, show_progress: bool) -> float:
-    train_images, train_labels = _gather(stream, split.train)
+def scratch_accuracy(meta: dict[str, Any], train_images: torch.Tensor, train_labels: torch.Tensor,
+                     test_images: torch.Tensor, test_labels: torch.Tensor, num_classes: int, recipe: ScratchRecipe,
+                     seed: int, device: torch.device | str = "cpu", show_progress: bool = False) -> float:
+    """The from-scratch baseline of one split: the run's architecture trained on the split's training
+    images (uint8 at base size), its mean per-class accuracy on the test images."""
     model, mean = train_from_scratch(meta["model"], train_images, train_labels, num_classes=num_classes,
                                      model_options=meta.get("model_options", {}), recipe=recipe, seed=seed,
                                      device=device, show_progress=show_progress)
-    test_images, test_labels = _gather(stream, split.test)
     predicted = predict_labels(model, test_images, mean)
     return per_class_accuracy(predicted.numpy(), test_labels.numpy())
+
+
+def _scratch_side_by_side(todo: list[tuple[int, int]], splits_of: dict, meta: dict[str, Any], stream: ImageStream,
+                          num_classes: int, recipe: ScratchRecipe, seed: int, ledger: Ledger,
+                          show_progress: bool) -> None:
+    """The from-scratch trainings still to do, as many side by side as there are free cores
+    (:func:`zfnet.cores.side_by_side`), each group's accuracies kept in the ledger as it ends."""
+    free = cores.process_free_cores()
+    width = min(free, len(todo))
+    threads = max(1, free // width)
+    log.info("training %d from-scratch baselines, %d side by side with %d thread%s each", len(todo), width, threads,
+             "s" * (threads > 1))
+    bar = progress(total=len(todo), desc="from-scratch baselines", unit="training", enabled=show_progress)
+    with bar:
+        for i in range(0, len(todo), width):
+            group = todo[i:i + width]
+            calls = [(meta, *_gather(stream, splits_of[n][s].train), *_gather(stream, splits_of[n][s].test),
+                      num_classes, recipe, seed + s) for n, s in group]
+            for (n, s), accuracy in zip(group, cores.side_by_side(scratch_accuracy, calls, threads=threads),
+                                        strict=True):
+                ledger.put(f"scratch {n}/{s}", {"accuracy": accuracy})
+            bar.update(len(group))
 
 
 def _gather(stream: ImageStream, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
