@@ -35,9 +35,9 @@ processes pin it (``OMP_NUM_THREADS``). The workers change nothing in the result
 :func:`apply` sets torch's thread count from a plan, once; nothing here runs in the background.
 
 **Side by side.** A small model trained with small batches does not keep two threads busy: on the
-2-core machine of the benchmarks two single-thread trainings side by side do 1.24x the work of one
-two-thread training after the other (``docs/benchmarks.md``). :func:`side_by_side` runs independent
-calls (trainings) in processes of their own, the free cores shared among them.
+2-core machine of the benchmarks two single-thread trainings of ``zfnet-cpu`` side by side take 1.28x
+less time than one two-thread training after the other (``docs/benchmarks.md``). :func:`side_by_side`
+runs independent calls (trainings) in processes of their own, the free cores shared among them.
 """
 
 from __future__ import annotations

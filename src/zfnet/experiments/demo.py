@@ -269,9 +269,10 @@ def train_runs(configs: list[TrainConfig], *, side_by_side: bool = True, show_pr
     """Train (or resume) runs: side by side, each in a process of its own with its share of the free cores,
     where there are several, on the CPU, with a core for each; else one after the other.
 
-    Side by side two single-thread trainings of the demo's small networks do 1.24x the work of one
-    two-thread training after the other (``docs/benchmarks.md``). A run started side by side records its
-    thread count and keeps it when resumed, like any run.
+    Side by side on one core each, the demo's two networks train 1.10x sooner than one after the other on
+    two cores (two equal trainings 1.28x; ``benchmarks/side_by_side.py``), but each run then rounds as a
+    single-thread run does. A run started side by side records its thread count and keeps it when resumed,
+    like any run.
     """
     free = cores.process_free_cores()
     if not side_by_side or len(configs) < 2 or free < len(configs) or torch.cuda.is_available() or \
