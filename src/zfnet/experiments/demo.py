@@ -274,9 +274,10 @@ def train_runs(configs: list[TrainConfig], *, side_by_side: bool = True, show_pr
     single-thread run does. A run started side by side records its thread count and keeps it when resumed,
     like any run.
     """
-    free = cores.process_free_cores()
-    if not side_by_side or len(configs) < 2 or free < len(configs) or torch.cuda.is_available() or \
-            any(c.device not in ("auto", "cpu") for c in configs):
+    on_cpu = not torch.cuda.is_available() and all(c.device in ("auto", "cpu") for c in configs)
+    # The free cores are measured (0.2 s, once per process) only when they decide something.
+    free = cores.process_free_cores() if side_by_side and on_cpu and len(configs) > 1 else 0
+    if free < max(2, len(configs)):
         for config in configs:
             training.train(config, resume=is_run_dir(Path(config.out)), show_progress=show_progress)
         return
