@@ -198,17 +198,16 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     scratch: dict[str, list[float]] = {}
     random_init: dict[str, list[float]] = {}
     penalties: dict[str, list[float]] = {}
-    t_scratch = 0.0
     labels = np.asarray(dataset.targets, dtype=np.int64)
     splits_of = {n: sample_splits(labels, n, config.splits, seed=seed, test_cap=cap, candidates=feats.indices.numpy())
                  for n in per_class}
     jobs = [(n, s) for n in per_class for s in range(config.splits)]
     todo = [(n, s) for n, s in jobs if baseline and s < (config.baseline_splits or config.splits)
             and ledger.get(f"scratch {n}/{s}") is None]
-    if config.side_by_side and device.type == "cpu" and len(todo) > 1 and cores.process_free_cores() > 1:
-        t1 = time.perf_counter()
-        _scratch_side_by_side(todo, splits_of, meta, stream, num_classes, recipe, seed, ledger, show_progress)
-        t_scratch += time.perf_counter() - t1
+    t1 = time.perf_counter()
+    _train_baselines(todo, splits_of, meta, stream, num_classes, recipe, seed, device, ledger,
+                     side_by_side=config.side_by_side, show_progress=show_progress)
+    t_scratch = time.perf_counter() - t1
     bar = progress(total=len(jobs), desc="transfer splits", unit="split", enabled=show_progress)
     with bar:
         for n, s in jobs:
@@ -227,15 +226,7 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
                     ledger.put(f"untrained {name}", done)
                 random_init.setdefault(str(n), []).append(done["accuracy"])
             if baseline and s < (config.baseline_splits or config.splits):
-                done = ledger.get(f"scratch {name}")
-                if done is None:
-                    t1 = time.perf_counter()
-                    done = {"accuracy": scratch_accuracy(meta, *_gather(stream, split.train),
-                                                         *_gather(stream, split.test), num_classes, recipe,
-                                                         seed + s, device, show_progress)}
-                    t_scratch += time.perf_counter() - t1
-                    ledger.put(f"scratch {name}", done)
-                scratch.setdefault(str(n), []).append(done["accuracy"])
+                scratch.setdefault(str(n), []).append(ledger.get(f"scratch {name}")["accuracy"])
             bar.update(1)
     numbers = {
         "kind": NAME,
@@ -285,24 +276,31 @@ def scratch_accuracy(meta: dict[str, Any], train_images: torch.Tensor, train_lab
     return per_class_accuracy(predicted.numpy(), test_labels.numpy())
 
 
-def _scratch_side_by_side(todo: list[tuple[int, int]], splits_of: dict, meta: dict[str, Any], stream: ImageStream,
-                          num_classes: int, recipe: ScratchRecipe, seed: int, ledger: Ledger,
-                          show_progress: bool) -> None:
-    """The from-scratch trainings still to do, as many side by side as there are free cores
-    (:func:`zfnet.cores.side_by_side`), each group's accuracies kept in the ledger as it ends."""
-    free = cores.process_free_cores()
+def _train_baselines(todo: list[tuple[int, int]], splits_of: dict, meta: dict[str, Any], stream: ImageStream,
+                     num_classes: int, recipe: ScratchRecipe, seed: int, device: torch.device, ledger: Ledger, *,
+                     side_by_side: bool, show_progress: bool) -> None:
+    """The from-scratch trainings still to do, each accuracy kept in the ledger as it ends: on the CPU with
+    ``side_by_side``, as many at once as there are free cores (:func:`zfnet.cores.side_by_side`), else one
+    after the other in this process."""
+    if not todo:
+        return
+    free = cores.process_free_cores() if side_by_side and device.type == "cpu" and len(todo) > 1 else 1
     width = min(free, len(todo))
     threads = max(1, free // width)
-    log.info("training %d from-scratch baselines, %d side by side with %d thread%s each", len(todo), width, threads,
-             "s" * (threads > 1))
+    if width > 1:
+        log.info("training %d from-scratch baselines, %d side by side with %d thread%s each", len(todo), width,
+                 threads, "s" * (threads > 1))
     bar = progress(total=len(todo), desc="from-scratch baselines", unit="training", enabled=show_progress)
     with bar:
         for i in range(0, len(todo), width):
             group = todo[i:i + width]
             calls = [(meta, *_gather(stream, splits_of[n][s].train), *_gather(stream, splits_of[n][s].test),
                       num_classes, recipe, seed + s) for n, s in group]
-            for (n, s), accuracy in zip(group, cores.side_by_side(scratch_accuracy, calls, threads=threads),
-                                        strict=True):
+            if width > 1:
+                accuracies = cores.side_by_side(scratch_accuracy, calls, threads=threads)
+            else:  # in this process, with its progress bar of steps
+                accuracies = [scratch_accuracy(*call, device, show_progress) for call in calls]
+            for (n, s), accuracy in zip(group, accuracies, strict=True):
                 ledger.put(f"scratch {n}/{s}", {"accuracy": accuracy})
             bar.update(len(group))
 
