@@ -341,3 +341,23 @@ def test_an_absurd_image_size_is_refused_before_anything_is_written(tmp_path, si
     with pytest.raises(ZFNetError, match="size must be an integer from 32 to 1024 pixels"):
         write_synthetic(tmp_path / "s", classes=2, per_class=1, size=size, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_clutter_composited_in_its_box_equals_the_whole_texture_composited():
+    # The box of the clutter's alpha is all that is computed; the image and the generator's state must be
+    # exactly those of compositing the whole texture, for every texture kind and for clutter outside the frame.
+    from PIL import ImageDraw
+    size, ss = 64, 2
+    mixed = np.random.default_rng(0)
+    for trial in range(240):
+        layer = Image.new("L", (size * ss, size * ss))
+        cx, cy = mixed.uniform(-0.6, 1.6, 2) * size * ss  # some wholly outside the image
+        r = mixed.uniform(2, 40)
+        ImageDraw.Draw(layer).ellipse([cx - r, cy - r, cx + r, cy + 0.6 * r], fill=int(mixed.integers(1, 256)))
+        base = np.random.default_rng(trial).uniform(0, 1, (size, size, 3)).astype(np.float32)
+        whole, boxed = base.copy(), base.copy()
+        rng_whole, rng_boxed = np.random.default_rng(1000 + trial), np.random.default_rng(1000 + trial)
+        synthetic._over(whole, synthetic._texture(rng_whole, size), synthetic._soft(layer, ss))
+        synthetic._over_clutter(boxed, rng_boxed, layer, ss)
+        assert np.array_equal(whole, boxed), trial
+        assert rng_whole.random() == rng_boxed.random(), trial
