@@ -202,8 +202,8 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
     splits_of = {n: sample_splits(labels, n, config.splits, seed=seed, test_cap=cap, candidates=feats.indices.numpy())
                  for n in per_class}
     jobs = [(n, s) for n in per_class for s in range(config.splits)]
-    todo = [(n, s) for n, s in jobs if baseline and s < (config.baseline_splits or config.splits)
-            and ledger.get(f"scratch {n}/{s}") is None]
+    trained = {(n, s) for n, s in jobs if baseline and s < (config.baseline_splits or config.splits)}  # from scratch
+    todo = [(n, s) for n, s in jobs if (n, s) in trained and ledger.get(f"scratch {n}/{s}") is None]
     t1 = time.perf_counter()
     _train_baselines(todo, splits_of, meta, stream, num_classes, recipe, seed, device, ledger,
                      side_by_side=config.side_by_side, show_progress=show_progress)
@@ -225,7 +225,7 @@ def run(config: Config, out: str | Path, *, loaded: LoadedRun | None = None, sho
                     done = _softmax_split(random_feats, layer, split, config.l2, num_classes, seed + s, device)
                     ledger.put(f"untrained {name}", done)
                 random_init.setdefault(str(n), []).append(done["accuracy"])
-            if baseline and s < (config.baseline_splits or config.splits):
+            if (n, s) in trained:
                 scratch.setdefault(str(n), []).append(ledger.get(f"scratch {name}")["accuracy"])
             bar.update(1)
     numbers = {
