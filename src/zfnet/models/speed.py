@@ -76,12 +76,15 @@ class _ContrastNormFunction(torch.autograd.Function):
         x, size, alpha, beta, _ = inputs
         _, d, r = output
         ctx.mark_non_differentiable(d, r)
+        ctx.set_materialize_grads(False)  # d's and r's gradients are never used: no zero tensors made for them
         ctx.save_for_backward(x, d, r)
         ctx.size, ctx.alpha, ctx.beta = size, alpha, beta
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor, _grad_d: torch.Tensor, _grad_r: torch.Tensor):
+        if grad is None:  # the output was not used (grads are not materialised)
+            return None, None, None, None, None
         x, d, r = ctx.saved_tensors
         t = (grad * x).mul_(r).div_(d)
         # The window relation transposed; the scale folds in the 2 * beta * alpha / size factor.
