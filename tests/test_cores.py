@@ -440,3 +440,21 @@ def test_demo_trains_runs_side_by_side_as_it_would_one_after_the_other(tiny_tree
         weights = zip(a.model().model.state_dict().items(), b.model().model.state_dict().items(), strict=True)
         for (name, x), (_, y) in weights:
             assert torch.equal(x, y), name  # one thread each: bit for bit the sequential runs
+
+
+def test_side_by_side_width_runs_a_call_per_free_core_and_shares_the_cores(monkeypatch):
+    monkeypatch.setattr(cores, "process_free_cores", lambda: 2)
+    assert cores.side_by_side_width(5) == (2, 1)  # two at a time, a core each
+    monkeypatch.setattr(cores, "process_free_cores", lambda: 5)
+    assert cores.side_by_side_width(2) == (2, 2)  # both at once, two of the five cores each
+    monkeypatch.setattr(cores, "process_free_cores", lambda: 1)
+    assert cores.side_by_side_width(4) == (1, 1)  # one core: one after the other
+
+
+def test_side_by_side_width_measures_no_cores_for_a_single_call(monkeypatch):
+    def measured():
+        raise AssertionError("measured the free cores for one call")
+
+    monkeypatch.setattr(cores, "process_free_cores", measured)
+    assert cores.side_by_side_width(1) == (1, 1)
+    assert cores.side_by_side_width(0) == (1, 1)

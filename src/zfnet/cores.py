@@ -60,7 +60,7 @@ from .errors import ZFNetError
 
 __all__ = ["WINDOW", "MAX_WORKERS", "ThreadPlan", "allowed_cpus", "allowed_cores", "busy_cores", "busy_seconds",
            "free_cores", "process_free_cores", "local_processes", "physical_cores", "plan_threads", "apply",
-           "side_by_side"]
+           "side_by_side_width", "side_by_side"]
 
 WINDOW = 0.2
 """Seconds over which other processes' load is measured: 20 clock ticks per core at Linux's 100 Hz."""
@@ -297,6 +297,27 @@ def apply(plan: ThreadPlan) -> int:
     if plan.threads != before:
         torch.set_num_threads(plan.threads)
     return before
+
+
+def side_by_side_width(calls: int) -> tuple[int, int]:
+    """How many of ``calls`` independent calls :func:`side_by_side` runs at once, and torch's threads in each.
+
+    At most one call per free core (:func:`process_free_cores`, measured only when there are two calls or
+    more), the free cores shared evenly among those running.
+
+    Returns:
+        ``(width, threads)``: ``width`` calls at once with ``threads`` threads each; ``(1, 1)`` for fewer than
+        two calls or a single free core (one after the other: the threads are then the caller's to plan).
+
+    Example:
+        >>> side_by_side_width(1)
+        (1, 1)
+    """
+    if calls < 2:
+        return 1, 1
+    free = process_free_cores()
+    width = max(1, min(free, calls))
+    return width, max(1, free // width)
 
 
 def side_by_side(fn: Callable[..., Any], calls: Sequence[tuple], *, threads: int,

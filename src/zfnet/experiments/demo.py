@@ -276,12 +276,11 @@ def train_runs(configs: list[TrainConfig], *, side_by_side: bool = True, show_pr
     """
     on_cpu = not torch.cuda.is_available() and all(c.device in ("auto", "cpu") for c in configs)
     # The free cores are measured (0.2 s, once per process) only when they decide something.
-    free = cores.process_free_cores() if side_by_side and on_cpu and len(configs) > 1 else 0
-    if free < max(2, len(configs)):
+    width, threads = cores.side_by_side_width(len(configs)) if side_by_side and on_cpu else (1, 1)
+    if width < max(2, len(configs)):  # all at once or one after the other
         for config in configs:
             training.train(config, resume=is_run_dir(Path(config.out)), show_progress=show_progress)
         return
-    threads = free // len(configs)
     calls = []
     for config in configs:
         resume = is_run_dir(Path(config.out))  # a resumed run keeps its own thread count

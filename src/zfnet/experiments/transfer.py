@@ -284,9 +284,7 @@ def _train_baselines(todo: list[tuple[int, int]], splits_of: dict, meta: dict[st
     after the other in this process."""
     if not todo:
         return
-    free = cores.process_free_cores() if side_by_side and device.type == "cpu" and len(todo) > 1 else 1
-    width = min(free, len(todo))
-    threads = max(1, free // width)
+    width, threads = cores.side_by_side_width(len(todo)) if side_by_side and device.type == "cpu" else (1, 1)
     if width > 1:
         log.info("training %d from-scratch baselines, %d side by side with %d thread%s each", len(todo), width,
                  threads, "s" * (threads > 1))
