@@ -262,8 +262,8 @@ _WHOLE: _Window = (slice(None), slice(None))
 def _weights(rng: np.random.Generator, size: int, kind: str, window: _Window = _WHOLE) -> np.ndarray:
     """A (size, size) float32 map in [0, 1] mixing a texture's two colours; only its ``window`` (rows, columns)
     is computed and returned, with the same values, and the same draws from ``rng``, as the whole map's."""
-    x, y = _grid(size)
-    x, y = x[window], y[window]
+    xs, ys = _grid(size)
+    x, y = xs[window], ys[window]
     a = rng.uniform(0, math.pi)
     u = x * math.cos(a) + y * math.sin(a)
     period = max(2.0, rng.uniform(3.0, 12.0) * size / 128)
@@ -278,7 +278,6 @@ def _weights(rng: np.random.Generator, size: int, kind: str, window: _Window = _
         return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     if kind == "gradient":
         # The range is the whole map's: u is monotone in x and in y (rounding too), so its extremes lie at corners.
-        xs, ys = _grid(size)
         whole = xs[[0, 0, -1, -1], [0, -1, 0, -1]] * math.cos(a) + ys[[0, 0, -1, -1], [0, -1, 0, -1]] * math.sin(a)
         return (u - whole.min()) / max(float(whole.max() - whole.min()), 1e-6)
     # "noise": smooth random field, a few cells across, upsampled bilinearly
