@@ -8,8 +8,8 @@ Prints each stage's log line with the seconds since the start, the demo's summar
 ``OUT`` must not exist. The machine's speed drifts by 10-20 % between runs of ten minutes, so compare runs
 alternated back to back (``docs/results.md`` gives the figures and the order they were run in).
 
-``--workload 5009aaa`` runs this code on the work of the demo at commit 5009aaa, before issue 13's
-additions: AlexNet in the pool-then-normalise order (``alexnet-cpu`` with ``norm_before_pool=False``),
+``--workload 5009aaa`` runs this code on the work of the demo at commit 5009aaa, as it
+was then: AlexNet in the pool-then-normalise order (``alexnet-cpu`` with ``norm_before_pool=False``),
 random training crops, and the from-scratch baselines' old budget (300 SGD steps on each of the five
 splits of each size: ten trainings). It tells what the restructuring itself saved, apart from the work
 the demo took on since.

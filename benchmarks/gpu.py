@@ -19,7 +19,7 @@ host's cores) and the two are compared, so that one can say which bounds a real 
    625 positions, the exact and the approximate incremental modes).
 5. projections per second: conv5 deconvnet projections of 256 images at given positions (the top-k case).
 
-Then the model of the issue's targets: an ImageNet epoch (1.28 M images) from (1), a 50 k-image top-9
+Then the model of zfnet's targets: an ImageNet epoch (1.28 M images) from (1), a 50 k-image top-9
 scan of conv1 ... conv5 from (3), and a 1.28 M-image scan on 8 GPUs from (3) (data-parallel shards, no
 communication until the end: linear, unless the loader bounds it).
 """
